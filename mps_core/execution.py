@@ -1,0 +1,109 @@
+"""Where dask work runs: the embedded local scheduler or an existing distributed cluster.
+
+Step 1 sizes it (workers, memory limit per worker) or names a scheduler address. Every
+``compute`` goes through :meth:`Execution.compute`, which reports progress per finished task
+and checks the cancel flag between tasks, so a long step can be stopped within a chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+import dask
+from dask.callbacks import Callback
+
+from .registry import Cancelled
+
+ProgressFn = Callable[[float, str], None]
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _LocalProgress(Callback):
+    """Counts finished tasks of one local compute; raises Cancelled before the next task."""
+
+    def __init__(self, report: Callable[[int, int], None], cancel: threading.Event):
+        super().__init__()
+        self.report, self.cancel = report, cancel
+        self.total, self.done = 1, 0
+
+    def _start_state(self, dsk, state):
+        self.total = max(1, sum(len(state[k]) for k in ("ready", "waiting", "running")))
+
+    def _pretask(self, key, dsk, state):
+        if self.cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.done += 1
+        self.report(self.done, self.total)
+
+
+class Execution:
+    """A context manager owning the dask configuration (and client) for one run."""
+
+    def __init__(self, n_workers: int = 0, memory_limit_gb: float = 4.0,
+                 scheduler_address: str = ""):
+        self.n_workers = n_workers or default_workers()
+        self.memory_limit_bytes = int(memory_limit_gb * 1024**3)
+        self.scheduler_address = scheduler_address
+        self.client = None
+        self._config = None
+
+    def __enter__(self) -> "Execution":
+        if self.scheduler_address:
+            from distributed import Client
+
+            self.client = Client(self.scheduler_address, timeout="10s", set_as_default=False)
+        else:
+            self._config = dask.config.set(scheduler="threads", num_workers=self.n_workers)
+            self._config.__enter__()
+            # dask runs one task per worker thread; OpenCV's own threads would oversubscribe
+            import cv2
+
+            cv2.setNumThreads(1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self._config is not None:
+            self._config.__exit__(*exc)
+            self._config = None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return getattr(self.client, "dashboard_link", None) if self.client else None
+
+    def compute(self, *collections: Any, progress: ProgressFn | None = None,
+                cancel: threading.Event | None = None, message: str = "") -> tuple:
+        cancel = cancel or threading.Event()
+        if cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        report = (lambda d, t: progress(d / t, f"{message} {d}/{t}".strip())) if progress \
+            else (lambda d, t: None)
+        if self.client is None:
+            with _LocalProgress(report, cancel):
+                return dask.compute(*collections)
+        return self._compute_distributed(collections, report, cancel)
+
+    def _compute_distributed(self, collections, report, cancel) -> tuple:
+        from distributed import as_completed, futures_of
+
+        persisted = self.client.persist(list(collections))
+        futures = futures_of(persisted)
+        total = max(1, len(futures))
+        for i, _ in enumerate(as_completed(futures), 1):
+            report(i, total)
+            if cancel.is_set():
+                self.client.cancel(futures)
+                raise Cancelled("cancelled by the user")
+        return tuple(self.client.compute(persisted, sync=True))

@@ -1,0 +1,363 @@
+"""Motion estimation over a whole movie (step 2c): rigid or piecewise-rigid (mesh).
+
+Output convention: ``shifts[t] = (dy, dx)`` is the shift that registers frame t (apply it
+with `mps_core.motion.apply.apply_shifts`). The output is **median-referenced**: a constant
+is removed so that the per-axis median over frames is 0 (for mesh shifts, the median of
+the per-frame patch mean), i.e. the reference is the typical position of the field of view.
+A template's own position is arbitrary by a constant, and the median (rather than the mean
+or the first frame) keeps the reference steady against outlier frames and single-frame
+noise. Values are finally clipped to +-max_shift.
+
+Why a template tree: over hours the field of view drifts and the tissue changes, so one
+template built early does not fit late frames, and a template built from everything is
+blurred by the drift. Instead (all in one dask graph, memory bounded by chunk size):
+
+1. Leaves, one dask task per movie chunk: the chunk is cut into groups of ~`group_size`
+   consecutive frames. Each group is registered to its own mean (integer pass against the
+   motion-blurred mean, then a sub-pixel pass against the mean of the registered frames);
+   the group template is the mean of its registered frames. The frames' spectra are
+   computed once per group and reused by both passes.
+2. Merges, pairwise over neighbours in time (a binary tree, inside a chunk and then across
+   chunks): the later template is registered to the earlier one, the offset is added to
+   all the later frames' shifts (translations compose by addition) and the templates are
+   averaged, weighted by frame counts. The root's shifts are all relative to one template.
+3. Optional refinement (`refine=True`): a second pass over the movie registering every
+   frame to the root (global) template. It reads the movie twice, so it is off by default.
+
+Cost per frame: one forward FFT, two inverse transforms restricted to the search window,
+a small matrix DFT for the sub-pixel peak and one or two warps; merges are negligible.
+
+Mesh mode (`mesh=(my, mx)`): after the rigid registration of a group, each frame is warped
+rigidly and the residual shift of each patch of an ``my x mx`` grid of overlapping patches
+is estimated against the same patch of the template (within +-max_deviation), weak or
+inconsistent patches are replaced by the median of their neighbours, and the patch shift is
+rigid + residual. Merges do the same between templates. The patch centre convention is the
+one of `apply.py` (``(i + 0.5) * H / my - 0.5``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import dask
+import dask.array as da
+import numpy as np
+from scipy import ndimage as ndi
+
+from . import phasecorr as pc
+from .apply import apply_shifts
+
+__all__ = ["estimate_shifts", "patch_windows"]
+
+_MIN_PATCH = 16  # px: smaller patches hold too little texture to register
+_WEAK_PATCH = 0.5  # patch confidence below this fraction of the frame's median is replaced
+
+
+@dataclass(frozen=True)
+class _Config:
+    max_shift: float
+    upsample: int
+    group_size: int
+    mesh: tuple[int, int] | None
+    overlap: float
+    max_deviation: float
+    factor: int  # spatial downsampling factor (1 = off)
+    taper: float
+    lowpass: float
+    highpass: float
+    whiten: float
+
+    def plan(self, shape: tuple[int, int]) -> pc.Plan:
+        return pc.make_plan(tuple(shape), self.taper, self.lowpass, self.highpass)
+
+
+@dataclass
+class _Node:
+    """A run of consecutive frames registered to one template."""
+
+    shifts: np.ndarray  # (n, 2) or (n, my, mx, 2), relative to `template`
+    template: np.ndarray  # (H, W) float32, in the estimation grid
+    count: int
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _bin(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (edges that do not fill a block are cropped)."""
+    x = np.asarray(frames, dtype=np.float32)
+    if factor == 1:
+        return x
+    n, h, w = x.shape
+    h2, w2 = h // factor, w // factor
+    x = x[:, : h2 * factor, : w2 * factor].reshape(n, h2, factor, w2, factor)
+    return x.mean(axis=(2, 4), dtype=np.float32)
+
+
+def _mean_registered(frames: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Mean of the frames after applying `shifts`, each pixel over the frames covering it."""
+    warped = apply_shifts(frames, shifts, fill_value=np.nan, interpolation="linear")
+    valid = ~np.isnan(warped)
+    count = valid.sum(axis=0)
+    total = np.where(valid, warped, 0.0).sum(axis=0, dtype=np.float64)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if np.isnan(mean).any():  # never covered: use the covered mean so no edge is created
+        mean[np.isnan(mean)] = np.nanmean(mean) if np.isfinite(mean).any() else 0.0
+    return mean.astype(np.float32)
+
+
+def patch_windows(shape: tuple[int, int], mesh: tuple[int, int], overlap: float) -> tuple[list, list, int, int]:
+    """Patch row and column start indices and the patch size for an my x mx grid.
+
+    Patch i along an axis of length n is centred near (i + 0.5) * n / m - 0.5 and is
+    (1 + overlap) * n / m px long (clipped to the image, at least 16 px).
+    """
+    (h, w), (my, mx) = shape, mesh
+
+    def axis(n: int, m: int) -> tuple[list, int]:
+        size = int(min(n, max(_MIN_PATCH, round(n / m * (1 + overlap)))))
+        centres = (np.arange(m) + 0.5) * n / m - 0.5
+        starts = np.clip(np.round(centres + 0.5 - size / 2), 0, n - size).astype(int)
+        return starts.tolist(), size
+
+    ys, ph = axis(h, my)
+    xs, pw = axis(w, mx)
+    return ys, xs, ph, pw
+
+
+def _register(template: np.ndarray, frames: np.ndarray, cfg: _Config, max_shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel rigid shifts (and confidences) of frames (N, H, W) to one template."""
+    plan = cfg.plan(template.shape)
+    f_t = pc.spectra(template, plan)[0]
+    return pc.estimate_spectra(f_t, pc.spectra(frames, plan), plan, max_shift, cfg.upsample, cfg.whiten)
+
+
+def _smooth_patches(res: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """Replace weak or inconsistent patch shifts by the median of their 3x3 neighbourhood.
+
+    res: (N, my, mx, 2) residual shifts; conf: (N, my, mx) phase-correlation confidences.
+    """
+    med = ndi.median_filter(res, size=(1, 3, 3, 1), mode="nearest")
+    ref_conf = np.median(conf, axis=(1, 2), keepdims=True)
+    weak = conf < _WEAK_PATCH * ref_conf
+    # Inconsistent: farther from the neighbours' median than 3x their typical spread (+0.5 px).
+    dev = np.abs(res - med).max(axis=-1)
+    spread = np.median(dev, axis=(1, 2), keepdims=True)
+    bad = weak | (dev > 3 * spread + 0.5)
+    return np.where(bad[..., None], med, res)
+
+
+def _patch_residuals(template: np.ndarray, aligned: np.ndarray, cfg: _Config) -> np.ndarray:
+    """Residual (N, my, mx, 2) shifts of rigidly aligned frames' patches to template patches."""
+    ys, xs, ph, pw = patch_windows(template.shape, cfg.mesh, cfg.overlap)
+    n = aligned.shape[0]
+    res = np.zeros((n, len(ys), len(xs), 2))
+    conf = np.zeros((n, len(ys), len(xs)))
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            sl = (slice(y0, y0 + ph), slice(x0, x0 + pw))
+            res[:, i, j], conf[:, i, j] = _register(template[sl], aligned[(slice(None),) + sl], cfg, cfg.max_deviation)
+    return np.clip(_smooth_patches(res, conf), -cfg.max_deviation, cfg.max_deviation)
+
+
+def _mesh_from_rigid(template: np.ndarray, frames: np.ndarray, rigid: np.ndarray, cfg: _Config) -> np.ndarray:
+    """(N, my, mx, 2) patch shifts = rigid shift + residual of each patch."""
+    aligned = apply_shifts(frames, rigid, fill_value=np.nan, interpolation="linear")
+    # Uncovered borders take the template's values so they do not drag the patch shifts.
+    holes = np.isnan(aligned)
+    aligned[holes] = np.broadcast_to(template, aligned.shape)[holes]
+    res = _patch_residuals(template, aligned, cfg)
+    return rigid[:, None, None, :] + res
+
+
+# ----------------------------------------------------------------------------- tree
+
+
+def _register_group(frames: np.ndarray, cfg: _Config) -> _Node:
+    """Register a group of consecutive frames to its own iteratively refined mean."""
+    plan = cfg.plan(frames.shape[1:])
+    spec = pc.spectra(frames, plan)
+    # Integer pass against the motion-blurred mean (its spectrum is the mean spectrum).
+    coarse, _ = pc.estimate_spectra(spec.mean(axis=0), spec, plan, cfg.max_shift, 1, cfg.whiten)
+    template = _mean_registered(frames, coarse)
+    # Sub-pixel pass against the sharper mean of the coarsely registered frames.
+    f_t = pc.spectra(template, plan)[0]
+    shifts, _ = pc.estimate_spectra(f_t, spec, plan, cfg.max_shift, cfg.upsample, cfg.whiten)
+    del spec
+    if cfg.mesh is not None:
+        shifts = _mesh_from_rigid(template, frames, shifts, cfg)
+    return _Node(shifts, _mean_registered(frames, shifts), len(frames))
+
+
+def _merge(a: _Node, b: _Node, cfg: _Config) -> _Node:
+    """Bring run `b` into the template frame of run `a` and pool the two templates."""
+    d, _ = _register(a.template, b.template[None], cfg, cfg.max_shift)
+    if cfg.mesh is not None:
+        d = _mesh_from_rigid(a.template, b.template[None], d, cfg)
+    moved = apply_shifts(b.template[None], d, fill_value=np.nan, interpolation="linear")[0]
+    wa = a.count / (a.count + b.count)
+    pooled = np.where(np.isnan(moved), a.template, wa * a.template + (1 - wa) * moved)
+    shifts = np.concatenate([a.shifts, b.shifts + d], axis=0)
+    return _Node(shifts, pooled.astype(np.float32), a.count + b.count)
+
+
+def _tree(nodes: list, merge: Callable) -> object:
+    """Pairwise reduction of neighbours in time until one node is left."""
+    while len(nodes) > 1:
+        paired = [merge(nodes[i], nodes[i + 1]) for i in range(0, len(nodes) - 1, 2)]
+        if len(nodes) % 2:
+            paired.append(nodes[-1])
+        nodes = paired
+    return nodes[0]
+
+
+def _split(n: int, group_size: int) -> list[tuple[int, int]]:
+    """Near-equal consecutive groups of about group_size frames (no tiny last group)."""
+    k = max(1, int(round(n / group_size)))
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _register_chunk(block: np.ndarray, cfg: _Config) -> _Node:
+    """Leaf task: groups of one movie chunk, registered and merged into one node."""
+    frames = _bin(block, cfg.factor)
+    nodes = [_register_group(frames[a:b], cfg) for a, b in _split(len(frames), cfg.group_size)]
+    return _tree(nodes, lambda x, y: _merge(x, y, cfg))
+
+
+def _refine_chunk(block: np.ndarray, template: np.ndarray, cfg: _Config) -> np.ndarray:
+    """Refinement task: register every frame of a chunk to the global template."""
+    frames = _bin(block, cfg.factor)
+    out = []
+    for a, b in _split(len(frames), cfg.group_size):
+        s, _ = _register(template, frames[a:b], cfg, cfg.max_shift)
+        if cfg.mesh is not None:
+            s = _mesh_from_rigid(template, frames[a:b], s, cfg)
+        out.append(s)
+    return np.concatenate(out, axis=0)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _as_dask(movie: object, group_size: int) -> da.Array:
+    data = getattr(movie, "data", movie) if hasattr(movie, "dims") else movie
+    if isinstance(data, np.ndarray):
+        data = da.from_array(data, chunks=(max(group_size * 4, 1), -1, -1))
+    if not isinstance(data, da.Array) or data.ndim != 3:
+        raise ValueError(f"estimate: movie must be a 3-D (frame, height, width) dask array, got {type(movie).__name__}")
+    data = data.rechunk({1: -1, 2: -1})
+    # Tiny frame chunks would make tiny groups (noisy templates): join them.
+    chunks = data.chunks[0]
+    if len(chunks) > 1 and min(chunks[:-1]) < group_size:
+        data = data.rechunk({0: group_size * max(1, int(np.ceil(np.median(chunks) / group_size)))})
+    return data
+
+
+def _run(compute: Callable, obj: object) -> object:
+    """Call the caller's compute and unwrap dask.compute's 1-tuple."""
+    out = compute(obj)
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    return out
+
+
+def _validate(max_shift, upsample, group_size, mesh, spatial_downsample, overlap, max_deviation, shape) -> None:
+    if not np.isfinite(max_shift) or max_shift <= 0:
+        raise ValueError(f"estimate: max_shift must be a finite number > 0 px, got {max_shift}")
+    if int(upsample) != upsample or upsample < 1:
+        raise ValueError(f"estimate: upsample must be an integer >= 1, got {upsample}")
+    if int(group_size) != group_size or group_size < 2:
+        raise ValueError(f"estimate: group_size must be an integer >= 2 frames, got {group_size}")
+    if int(spatial_downsample) != spatial_downsample or spatial_downsample < 1:
+        raise ValueError(f"estimate: spatial_downsample must be an integer >= 1 (1 = off), got {spatial_downsample}")
+    if min(shape[1:]) // int(spatial_downsample) < 16:
+        raise ValueError(f"estimate: frames of {shape[1:]} px are too small for spatial_downsample={spatial_downsample}")
+    if mesh is not None:
+        if len(mesh) != 2 or any(int(m) != m or m < 1 for m in mesh):
+            raise ValueError(f"estimate: mesh must be None or (my, mx) with integers >= 1, got {mesh}")
+    if not 0 <= overlap <= 1:
+        raise ValueError(f"estimate: overlap must be in [0, 1], got {overlap}")
+    if max_deviation is not None and (not np.isfinite(max_deviation) or max_deviation <= 0):
+        raise ValueError(f"estimate: max_deviation must be None or a number > 0 px, got {max_deviation}")
+
+
+def estimate_shifts(
+    movie: da.Array,
+    *,
+    max_shift: float = 20.0,
+    group_size: int = 64,
+    upsample: int = 50,
+    mesh: tuple[int, int] | None = None,
+    spatial_downsample: int = 1,
+    refine: bool = False,
+    overlap: float = 0.5,
+    max_deviation: float | None = None,
+    taper: float = pc.DEFAULT_TAPER,
+    lowpass: float = pc.DEFAULT_LOWPASS,
+    highpass: float = pc.DEFAULT_HIGHPASS,
+    whiten: float = pc.DEFAULT_WHITEN,
+    compute: Callable | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> np.ndarray:
+    """Per-frame registration shifts of a (frame, height, width) movie, median-referenced.
+
+    Returns float32 (T, 2) (dy, dx), or (T, my, mx, 2) patch shifts when `mesh=(my, mx)`.
+    movie: dask array (or numpy / xarray wrapping one), float or uint8, streamed chunk by
+    chunk. max_shift: px limit of |dy|, |dx|. group_size: frames per group template.
+    upsample: sub-pixel precision 1/upsample px. spatial_downsample: estimate on a movie
+    binned by this factor (faster; shifts scaled back). refine: second pass against the
+    global template. overlap: patch overlap (fraction of the patch spacing) in mesh mode.
+    max_deviation: px limit of patch shifts around the rigid shift (default max_shift / 4,
+    at least 1 px). taper / lowpass / highpass / whiten: see `phasecorr.estimate_batch`.
+    compute: callable computing a dask collection (default `dask.compute`).
+    progress: optional callable(fraction, message).
+    """
+    shape = getattr(movie, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"estimate: movie must be 3-D (frame, height, width), got shape {shape}")
+    _validate(max_shift, upsample, group_size, mesh, spatial_downsample, overlap, max_deviation, shape)
+    compute = compute or dask.compute
+    report = progress or (lambda fraction, message: None)
+    factor = int(spatial_downsample)
+    dev = max(1.0, max_shift / 4) if max_deviation is None else float(max_deviation)
+    cfg = _Config(
+        max_shift=float(max_shift) / factor,
+        upsample=int(upsample),
+        group_size=int(group_size),
+        mesh=None if mesh is None else (int(mesh[0]), int(mesh[1])),
+        overlap=float(overlap),
+        max_deviation=dev / factor,
+        factor=factor,
+        taper=float(taper),
+        lowpass=float(lowpass) / factor,
+        highpass=float(highpass) / factor,
+        whiten=float(whiten),
+    )
+    n_frames = shape[0]
+    if n_frames == 0:
+        return np.zeros((0, 2) if mesh is None else (0, *cfg.mesh, 2), np.float32)
+    data = _as_dask(movie, cfg.group_size)
+    blocks = list(data.to_delayed().ravel())
+    n_passes = 2 if refine else 1
+
+    report(0.0, "motion: registering chunks to their own templates")
+    leaves = [dask.delayed(_register_chunk)(b, cfg) for b in blocks]
+    root = _run(compute, _tree(leaves, lambda x, y: dask.delayed(_merge)(x, y, cfg)))
+    shifts = root.shifts
+    if refine:
+        report(1.0 / n_passes, "motion: refining against the global template")
+        template = dask.delayed(root.template)
+        parts = _run(compute, [dask.delayed(_refine_chunk)(b, template, cfg) for b in blocks])
+        shifts = np.concatenate(list(parts), axis=0)
+    report(1.0, "motion: done")
+    return _finish(shifts, factor, float(max_shift))
+
+
+def _finish(shifts: np.ndarray, factor: int, max_shift: float) -> np.ndarray:
+    """Scale to input pixels, remove the median reference, clip to +-max_shift."""
+    s = np.asarray(shifts, dtype=np.float64) * factor
+    per_frame = s.reshape(len(s), -1, 2).mean(axis=1)
+    s = s - np.median(per_frame, axis=0)
+    return np.clip(s, -max_shift, max_shift).astype(np.float32)

@@ -1,0 +1,120 @@
+"""The step declaration: what every pipeline step is, in one record.
+
+A :class:`Step` carries the id, title, stage, a short description, the parameter model, the
+named inputs and outputs in the session store, the pure function and the preview figures.
+The ordered list of all steps lives in :mod:`mps_core.steps`; everything else (runner, CLI,
+GUI, docs) reads it from there.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .paramtypes import StepParams
+
+
+class StepNotImplemented(RuntimeError):
+    """Raised when a registered step's numerics have not been built yet."""
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a step when the user asked to cancel."""
+
+
+class StepError(RuntimeError):
+    """A user-facing failure of a step (bad data, impossible parameters): one clear line."""
+
+
+class Context(Protocol):
+    """What a step function may use besides its inputs: progress, cancel, compute, sizing."""
+
+    def progress(self, fraction: float, message: str = "") -> None: ...
+    def check_cancel(self) -> None: ...
+    def compute(self, *collections: Any, message: str = "") -> tuple: ...
+    def chunk_frames(self, frame_bytes: int, copies: float = 4.0) -> int: ...
+    def warn(self, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A named preview figure: ``make(outputs, inputs, params) -> figures.Figure``."""
+
+    name: str
+    title: str
+    make: Callable[[dict, dict, Any], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    title: str
+    stage: str
+    summary: str
+    params: type[StepParams]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    run: Callable[..., dict[str, Any]] | None = None
+    previews: tuple[Preview, ...] = ()
+    # inputs that are used when present but not required (e.g. a removal list)
+    optional_inputs: tuple[str, ...] = ()
+    # checks that need no data, run before anything runs (raise StepError)
+    preflight: Callable[[Any], None] | None = None
+
+    @property
+    def implemented(self) -> bool:
+        return self.run is not None
+
+    def __call__(self, params: StepParams, ctx: Context, **inputs: Any) -> dict[str, Any]:
+        if self.run is None:
+            raise StepNotImplemented(
+                f"step {self.id} ({self.title}) is not implemented yet in this version of MPS")
+        if not isinstance(params, self.params):
+            raise TypeError(f"step {self.id} expects {self.params.__name__}")
+        out = self.run(params, ctx, **inputs)
+        missing = set(self.outputs) - set(out)
+        extra = set(out) - set(self.outputs)
+        if missing or extra:
+            raise RuntimeError(f"step {self.id} returned outputs {sorted(out)}; "
+                               f"declared {list(self.outputs)}")
+        return out
+
+
+@dataclass
+class SimpleContext:
+    """A context for running a step function directly (tests, notebooks)."""
+
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    messages: list[str] = field(default_factory=list)
+    memory_limit_bytes: int = 2 * 1024**3
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        pass
+
+    def check_cancel(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled("cancelled")
+
+    def compute(self, *collections: Any, message: str = "") -> tuple:
+        import dask
+
+        self.check_cancel()
+        return dask.compute(*collections)
+
+    def chunk_frames(self, frame_bytes: int, copies: float = 4.0) -> int:
+        return chunk_frames_for(self.memory_limit_bytes, frame_bytes, copies)
+
+    def warn(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def chunk_frames_for(memory_limit_bytes: int, frame_bytes: int, copies: float = 4.0,
+                     workers: int = 1) -> int:
+    """Frames per chunk so that `copies` copies of a chunk per worker fit in a quarter of memory.
+
+    Chunks are also capped at ~64 MB: bigger chunks do not run faster but raise peak memory.
+    """
+    budget = memory_limit_bytes / 4 / max(copies, 1.0) / max(workers, 1)
+    budget = min(budget, 64 * 1024**2)
+    return int(max(8, min(2000, budget // max(frame_bytes, 1))))

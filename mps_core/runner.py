@@ -1,0 +1,276 @@
+"""The runner: run all steps, a range, or one step, through the session store.
+
+The GUI and the ``mps`` command both drive the pipeline through :class:`Runner`, so a run
+tuned by hand and a run replayed from a parameter file are the same run. For each step the
+runner checks that the inputs exist, loads them lazily from the store, calls the step's pure
+function, persists its outputs and previews into a temporary folder and commits it. A failure
+or a cancel leaves the previous good result of that step untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .execution import Execution
+from .figures import render_png
+from .params import ParamSet
+from .registry import Cancelled, Step, StepError, StepNotImplemented, chunk_frames_for
+from .store import SessionStore, library_versions
+
+log = logging.getLogger("mps")
+
+ProgressCb = Callable[[str, float, str], None]   # (step id, fraction, message)
+EventCb = Callable[[str, str, str], None]        # (step id, event, message)
+
+
+class PlanError(ValueError):
+    """The requested run cannot start (unknown step, missing input, not implemented)."""
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, step: Step, message: str):
+        super().__init__(f"step {step.id} ({step.title}) failed: {message}")
+        self.step, self.message = step, message
+
+
+@dataclass
+class StepResult:
+    step_id: str
+    status: str            # done | failed | cancelled
+    duration_s: float
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+class RunContext:
+    """The Context a step function sees during a runner-driven run."""
+
+    def __init__(self, step: Step, execution: Execution, cancel: threading.Event,
+                 on_progress: ProgressCb | None):
+        self.step, self.execution, self.cancel = step, execution, cancel
+        self._on_progress = on_progress
+        self.warnings: list[str] = []
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        if self._on_progress:
+            self._on_progress(self.step.id, max(0.0, min(1.0, fraction)), message)
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    def compute(self, *collections: Any, message: str = "") -> tuple:
+        return self.execution.compute(*collections, progress=self.progress,
+                                      cancel=self.cancel, message=message)
+
+    def chunk_frames(self, frame_bytes: int, copies: float = 4.0) -> int:
+        return chunk_frames_for(self.execution.memory_limit_bytes, frame_bytes, copies)
+
+    @property
+    def n_workers(self) -> int:
+        return self.execution.n_workers
+
+    def warn(self, message: str) -> None:
+        log.warning("step %s: %s", self.step.id, message)
+        self.warnings.append(message)
+
+
+class Runner:
+    def __init__(self, steps: Sequence[Step], params: ParamSet, store: SessionStore,
+                 on_progress: ProgressCb | None = None, on_event: EventCb | None = None):
+        self.steps = list(steps)
+        self.by_id = {s.id: s for s in self.steps}
+        self.order = {s.id: i for i, s in enumerate(self.steps)}
+        self.producer = {name: s.id for s in self.steps for name in s.outputs}
+        self.params, self.store = params, store
+        self.on_progress, self.on_event = on_progress, on_event
+
+    # -- planning -------------------------------------------------------------------------
+    def resolve(self, step_id: str | None, default: int) -> int:
+        if step_id is None:
+            return default
+        if step_id not in self.order:
+            raise PlanError(f"unknown step '{step_id}'; steps are " + ", ".join(self.order))
+        return self.order[step_id]
+
+    def plan(self, start: str | None = None, stop: str | None = None) -> list[Step]:
+        """The steps from `start` to `stop` (inclusive), checked to be runnable."""
+        i, j = self.resolve(start, 0), self.resolve(stop, len(self.steps) - 1)
+        if i > j:
+            raise PlanError(f"--from {start} comes after --to {stop}")
+        chosen = self.steps[i:j + 1]
+        todo = [s for s in chosen if not s.implemented]
+        if todo:
+            done = [s.id for s in self.steps if s.implemented]
+            last = _last_of_prefix(self.steps)
+            hint = f"; run up to {last} with --to {last}" if last and self.order[last] >= i else ""
+            raise PlanError(f"step {todo[0].id} ({todo[0].title}) is not implemented yet in this "
+                            f"version (implemented: {_ranges(done, self.order)}){hint}")
+        planned = {s.id for s in chosen}
+        for s in chosen:
+            for name in s.inputs:
+                src = self.producer.get(name)
+                if src is None:
+                    raise PlanError(f"step {s.id} needs '{name}', which no step produces")
+                if src in planned:
+                    continue
+                if not self.store.has(src, name):
+                    raise PlanError(f"step {s.id} ({s.title}) needs '{name}' from step {src}, "
+                                    f"which has no result in {self.store.root}; run from step "
+                                    f"{src} (or earlier) instead")
+        return chosen
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, start: str | None = None, stop: str | None = None,
+            cancel: threading.Event | None = None) -> list[StepResult]:
+        """Run a range of steps. Raises PlanError before anything runs, StepFailed on failure."""
+        cancel = cancel or threading.Event()
+        chosen = self.plan(start, stop)
+        config = self.params[self.steps[0].id]
+        for s in [self.steps[0]] + [s for s in chosen if s is not self.steps[0]]:
+            if s.preflight is not None:
+                try:
+                    s.preflight(self.params[s.id])
+                except StepError as e:
+                    raise PlanError(f"step {s.id} ({s.title}): {e}") from None
+        self.params.save(self.store.params_path)  # auto-save at every run
+        handler = _attach_log(self.store.log_path)
+        results: list[StepResult] = []
+        try:
+            log.info("run %s..%s in %s", chosen[0].id, chosen[-1].id, self.store.root)
+            with Execution(config.n_workers, config.memory_limit_gb,
+                           config.scheduler_address) as ex:
+                if ex.dashboard_link:
+                    log.info("dask dashboard: %s", ex.dashboard_link)
+                for s in chosen:
+                    res = self.run_step(s, ex, cancel)
+                    results.append(res)
+                    if res.status == "cancelled":
+                        break
+        finally:
+            logging.getLogger("mps").removeHandler(handler)
+            handler.close()
+        return results
+
+    def run_step(self, step: Step, execution: Execution, cancel: threading.Event) -> StepResult:
+        params = self.params[step.id]
+        ctx = RunContext(step, execution, cancel, self.on_progress)
+        self._event(step.id, "started", step.title)
+        log.info("step %s (%s) started", step.id, step.title)
+        t0 = time.time()
+        run = self.store.begin(step.id)
+        try:
+            inputs, fingerprints = self._load_inputs(step)
+            outputs = step(params, ctx, **inputs)
+            jobs = [j for j in (run.put(n, v) for n, v in outputs.items()) if j is not None]
+            if jobs:  # one pass: outputs that share inputs read them once
+                ctx.compute(*jobs, message="writing results")
+            self._previews(step, run, inputs, params, ctx)
+            manifest = {
+                "step": step.id, "title": step.title, "run_id": run.run_id, "status": "done",
+                "params": params.model_dump(mode="json"), "inputs": fingerprints,
+                "outputs": {n: p.name for n in outputs for p in run.tmp.glob(f"{n}.*")},
+                "versions": library_versions(), "started": now_iso_from(t0),
+                "duration_s": round(time.time() - t0, 3), "finished_time": time.time(),
+                "warnings": ctx.warnings,
+                "execution": {"workers": execution.n_workers,
+                              "memory_limit_bytes": execution.memory_limit_bytes,
+                              "scheduler": execution.scheduler_address or "local threads"},
+            }
+            run.commit(manifest)
+        except Cancelled:
+            run.abort()
+            log.info("step %s cancelled; its previous result is unchanged", step.id)
+            self._event(step.id, "cancelled", "cancelled; previous result kept")
+            return StepResult(step.id, "cancelled", time.time() - t0, "cancelled")
+        except (StepError, StepNotImplemented, ValueError) as e:
+            run.abort()
+            return self._fail(step, str(e), t0)
+        except BaseException as e:  # noqa: BLE001 -- any crash must leave the store intact
+            run.abort()
+            log.error("step %s crashed:\n%s", step.id, traceback.format_exc())
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                self.store.record_failure(step.id, "interrupted")
+                raise
+            return self._fail(step, f"{type(e).__name__}: {e}", t0)
+        dt = time.time() - t0
+        log.info("step %s done in %.1f s", step.id, dt)
+        self._event(step.id, "done", f"{dt:.1f} s")
+        return StepResult(step.id, "done", dt, warnings=ctx.warnings)
+
+    def _fail(self, step: Step, message: str, t0: float) -> StepResult:
+        log.error("step %s failed: %s", step.id, message)
+        self.store.record_failure(step.id, message)
+        self._event(step.id, "failed", message)
+        raise StepFailed(step, message)
+
+    def _load_inputs(self, step: Step) -> tuple[dict[str, Any], dict[str, Any]]:
+        inputs, prints = {}, {}
+        for name in step.inputs + step.optional_inputs:
+            src = self.producer[name]
+            if not self.store.has(src, name):
+                if name in step.optional_inputs:
+                    continue
+                raise StepError(f"input '{name}' from step {src} is missing")
+            inputs[name] = self.store.load(src, name)
+            prints[name] = {"step": src, "run_id": self.store.manifest(src)["run_id"]}
+        return inputs, prints
+
+    def _previews(self, step: Step, run, inputs, params, ctx: RunContext) -> None:
+        if not step.previews:
+            return
+        stored = {n: run.load(n) for n in step.outputs}
+        for p in step.previews:
+            try:
+                render_png(p.make(stored, inputs, params), run.tmp / f"preview_{p.name}.png")
+            except Exception as e:  # a broken plot must not lose a good result
+                ctx.warn(f"preview '{p.name}' could not be drawn: {e}")
+
+    def _event(self, step_id: str, event: str, message: str) -> None:
+        if self.on_event:
+            self.on_event(step_id, event, message)
+
+
+def now_iso_from(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    lg = logging.getLogger("mps")
+    lg.setLevel(logging.INFO)
+    lg.addHandler(handler)
+    return handler
+
+
+def _last_of_prefix(steps: Sequence[Step]) -> str | None:
+    last = None
+    for s in steps:
+        if not s.implemented:
+            break
+        last = s.id
+    return last
+
+
+def _ranges(ids: list[str], order: dict[str, int]) -> str:
+    """'1..2f, 5a' style summary of step ids."""
+    if not ids:
+        return "none"
+    groups, cur = [], [ids[0]]
+    for sid in ids[1:]:
+        if order[sid] == order[cur[-1]] + 1:
+            cur.append(sid)
+        else:
+            groups.append(cur)
+            cur = [sid]
+    groups.append(cur)
+    return ", ".join(g[0] if len(g) == 1 else f"{g[0]}..{g[-1]}" for g in groups)

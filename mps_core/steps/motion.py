@@ -1,0 +1,161 @@
+"""Steps 2c-2e: estimate brain motion, drop frames with implausible shifts, register."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from ..figures import Figure, HistPanel, LinePanel
+from ..framewise import kept_frames
+from ..motion.apply import apply_shifts_dask
+from ..motion.estimate import estimate_shifts
+from ..motion.outliers import flag_erroneous
+from ..paramtypes import P, StepParams
+from ..registry import Preview, Step, StepError
+
+MOTION_OUTLIER = 3  # removal code (1 and 2 are 2a's)
+
+
+# -- 2c -----------------------------------------------------------------------------------
+
+class MotionParams(StepParams):
+    max_shift: float = P(20.0, "Largest shift searched for, in pixels; raise it for recordings "
+                         "that move a lot.", gt=0, le=500, unit="px")
+    upsample: int = P(50, "Sub-pixel precision: shifts are resolved to 1/upsample pixel.",
+                      ge=1, le=1000, advanced=True)
+    group_size: int = P(64, "Frames per template group; templates are built recursively from "
+                        "groups so that slow drift over hours is followed.", ge=4, le=10000,
+                        advanced=True, unit="frames")
+    refine: bool = P(True, "Second pass against the final template (more accurate, costs one "
+                     "more FFT per frame).", advanced=True)
+    spatial_downsample: int = P(1, "Estimate on frames binned by this factor (faster on large "
+                                "frames); shifts are scaled back.", ge=1, le=8, advanced=True)
+    mesh: list[int] | None = P(None, "Piecewise-rigid (non-rigid) correction on a grid of "
+                               "patches, e.g. [5, 5]; null for rigid.", advanced=True)
+
+
+def estimate(p: MotionParams, ctx, movie_filtered: xr.DataArray) -> dict:
+    if p.mesh is not None and (len(p.mesh) != 2 or min(p.mesh) < 1):
+        raise StepError(f"mesh must be two positive integers like [5, 5], got {p.mesh}")
+    shifts = estimate_shifts(
+        movie_filtered.data, max_shift=p.max_shift, group_size=p.group_size,
+        upsample=p.upsample, mesh=tuple(p.mesh) if p.mesh else None,
+        spatial_downsample=p.spatial_downsample, refine=p.refine,
+        compute=lambda *c: ctx.compute(*c, message="registering"), progress=ctx.progress)
+    coords = {k: v for k, v in movie_filtered.coords.items() if v.dims == ("frame",)}
+    if shifts.ndim == 2:
+        arr = xr.DataArray(shifts.astype(np.float32), dims=("frame", "axis"),
+                           coords=coords, name="shifts", attrs={"axis": "dy, dx"})
+    else:
+        arr = xr.DataArray(shifts.astype(np.float32),
+                           dims=("frame", "mesh_y", "mesh_x", "axis"),
+                           coords=coords, name="shifts", attrs={"axis": "dy, dx"})
+    return {"shifts": arr}
+
+
+def rigid_part(shifts: xr.DataArray) -> np.ndarray:
+    """(frame, 2) shifts; the mean over patches for piecewise-rigid ones."""
+    s = np.asarray(shifts.values)
+    return s if s.ndim == 2 else s.mean(axis=(1, 2))
+
+
+def _preview_shifts(outputs, inputs, params) -> Figure:
+    s = outputs["shifts"]
+    r = rigid_part(s)
+    return Figure("2c Motion estimation", [
+        LinePanel("shift over time", s.frame.values, {"dy": r[:, 0], "dx": r[:, 1]},
+                  xlabel="original frame", ylabel="px"),
+        HistPanel("shift distribution", {"dy": r[:, 0], "dx": r[:, 1]}, xlabel="px"),
+    ])
+
+
+STEP_2C = Step(
+    id="2c", title="Motion estimation", stage="Preprocessing",
+    summary="Estimates each frame's shift against a template built recursively from groups of "
+            "frames (sub-pixel phase correlation), rigid or piecewise-rigid on a mesh.",
+    params=MotionParams, inputs=("movie_filtered",), outputs=("shifts",), run=estimate,
+    previews=(Preview("shifts", "Shifts", _preview_shifts),),
+)
+
+
+# -- 2d -----------------------------------------------------------------------------------
+
+class OutlierParams(StepParams):
+    threshold_factor: float = P(5.0, "Frames whose shift lies more than this many (robust) "
+                                "standard deviations from the median, on either axis, are "
+                                "flagged.", gt=0, le=1000)
+    max_abs_shift: float | None = P(None, "Optional absolute limit in pixels on |dy| and |dx|; "
+                                    "null for none.", gt=0, le=1000, unit="px")
+    drop_frames: bool = P(True, "Remove the flagged frames (otherwise only report them).")
+
+
+def check_motion(p: OutlierParams, ctx, shifts: xr.DataArray) -> dict:
+    s = np.asarray(shifts.values)
+    limits = None if p.max_abs_shift is None else (p.max_abs_shift, p.max_abs_shift)
+    flagged = flag_erroneous(s, threshold_factor=p.threshold_factor, abs_max=limits)
+    if flagged.all():
+        raise StepError(f"every frame is flagged as a motion outlier with threshold_factor="
+                        f"{p.threshold_factor}; raise it or the absolute limit")
+    r = rigid_part(shifts)
+    coords = {k: v for k, v in shifts.coords.items() if v.dims == ("frame",)}
+    removed = np.where(flagged & p.drop_frames, MOTION_OUTLIER, 0).astype(np.int8)
+    ds = xr.Dataset({"dy": ("frame", r[:, 0]), "dx": ("frame", r[:, 1]),
+                     "flagged": ("frame", flagged), "removed": ("frame", removed)},
+                    coords=coords)
+    ds["removed"].attrs["removal_codes"] = json.dumps({str(MOTION_OUTLIER): "motion outlier"})
+    ds.attrs.update(threshold_factor=p.threshold_factor, n_flagged=int(flagged.sum()))
+    return {"motion_qc": ds}
+
+
+def _preview_outliers(outputs, inputs, params) -> Figure:
+    q = outputs["motion_qc"]
+    f = q.frame.values
+    marks = f[q["flagged"].values]
+    panels = []
+    for axis in ("dy", "dx"):
+        v = q[axis].values
+        med = float(np.median(v))
+        hl = {"median": med}
+        if params.max_abs_shift:
+            hl |= {"limit": params.max_abs_shift, "-limit": -params.max_abs_shift}
+        panels.append(LinePanel(f"{axis} with flagged frames ({len(marks)})", f, {axis: v},
+                                xlabel="original frame", ylabel="px", hlines=hl, marks=marks))
+    return Figure("2d Erroneous frames", panels)
+
+
+STEP_2D = Step(
+    id="2d", title="Erroneous frames", stage="Preprocessing",
+    summary="Flags frames whose shift is implausible (far from the median, or beyond an "
+            "absolute limit) and removes them if asked; the removal is kept in the store.",
+    params=OutlierParams, inputs=("shifts",), outputs=("motion_qc",), run=check_motion,
+    previews=(Preview("outliers", "Flagged frames", _preview_outliers),),
+)
+
+
+# -- 2e -----------------------------------------------------------------------------------
+
+class ApplyParams(StepParams):
+    fill_value: float = P(0.0, "Value for pixels that the shift uncovers at the borders.",
+                          ge=-1e6, le=1e6)
+
+
+def apply(p: ApplyParams, ctx, movie_filtered: xr.DataArray, shifts: xr.DataArray,
+          motion_qc: xr.Dataset) -> dict:
+    movie = kept_frames(movie_filtered, motion_qc)
+    s = shifts.sel(frame=movie.frame.values).values
+    data = apply_shifts_dask(movie.data, s, fill_value=p.fill_value)
+    out = movie.copy(data=data)
+    out.name = "movie"
+    out.attrs["registered"] = True
+    return {"movie": out}
+
+
+STEP_2E = Step(
+    id="2e", title="Apply transformation", stage="Preprocessing",
+    summary="Applies the sub-pixel shifts to every kept frame and writes the motion-corrected "
+            "movie (float32) once.",
+    params=ApplyParams, inputs=("movie_filtered", "shifts", "motion_qc"), outputs=("movie",),
+    run=apply,
+)

@@ -1,0 +1,304 @@
+"""The session store: one output folder per session, one folder per step run.
+
+    SESSION/
+      mps_session.json          marks the folder as an MPS session (format version, created)
+      params.json               the parameters of the last run (auto-saved at every run)
+      session.log               the session log
+      all_removed_frames.txt    every removed original frame and why (absent when none)
+      steps/<id>/manifest.json  parameters, input fingerprints, versions, times, status
+      steps/<id>/<name>.zarr    labelled arrays (xarray DataArray or Dataset)
+      steps/<id>/<name>.json    small JSON-able results (tables, suggestions, reports)
+      steps/<id>/<name>.txt     text reports
+      steps/<id>/preview_*.png  preview figures
+      steps/<id>.failed.json    the last failure of a step (its last good result is untouched)
+
+A step run is written into a hidden temporary folder and renamed into place only when it
+has completed, so a crash or a cancel never damages the previous good result. Whether a
+step is done, stale or failed is derived from the manifests, never stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import xarray as xr
+
+SESSION_FILE = "mps_session.json"
+SESSION_FORMAT = "mps-session"
+SESSION_VERSION = 1
+REMOVED_FILE = "all_removed_frames.txt"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    from . import __version__
+
+    out = {"mps": __version__}
+    for name in ("numpy", "dask", "xarray", "zarr", "scipy", "cvxpy", "opencv-python-headless"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StepRun:
+    """A step run being written: outputs go to a temporary folder until commit()."""
+
+    store: "SessionStore"
+    step_id: str
+    run_id: str
+    tmp: Path
+    started: float
+
+    def path_for(self, name: str, suffix: str) -> Path:
+        return self.tmp / f"{name}{suffix}"
+
+    def put(self, name: str, value: Any):
+        """Persist one output. Arrays are written lazily: the returned dask job (or None)
+        must be computed; computing all of a step's jobs together reads shared inputs once."""
+        if isinstance(value, xr.DataArray):
+            value = value.to_dataset(name=name, promote_attrs=False)
+            value.attrs["mps_dataarray"] = name
+        if isinstance(value, xr.Dataset):
+            return _zarr_safe(value).to_zarr(self.path_for(name, ".zarr"), mode="w",
+                                             compute=False, consolidated=False, zarr_format=3)
+        if isinstance(value, str):
+            self.path_for(name, ".txt").write_text(value)
+        else:
+            self.path_for(name, ".json").write_text(json.dumps(value, indent=1, default=_jsonable))
+        return None
+
+    def load(self, name: str) -> Any:
+        """Read back an output written in this run (previews draw from what was stored)."""
+        return load_path(next(self.tmp.glob(f"{name}.*")))
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_jsonable))
+        final = self.store.step_dir(self.step_id)
+        old = final.with_name(f".{self.step_id}.old-{self.run_id}")
+        if final.exists():
+            final.rename(old)
+        self.tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.store.failure_path(self.step_id).unlink(missing_ok=True)
+        self.store.write_removed_frames()
+        return final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot store {type(o).__name__} as JSON")
+
+
+def _zarr_safe(ds: xr.Dataset) -> xr.Dataset:
+    """Drop encodings inherited from a source store (chunks, codecs) that may not fit."""
+    ds = ds.copy()
+    for v in ds.variables.values():
+        v.encoding = {}
+    return ds
+
+
+class SessionStore:
+    """Read and write one session folder."""
+
+    def __init__(self, root: Path, create: bool = True):
+        self.root = Path(root).absolute()
+        marker = self.root / SESSION_FILE
+        if marker.exists():
+            info = json.loads(marker.read_text())
+            if info.get("format") != SESSION_FORMAT or info.get("version") != SESSION_VERSION:
+                raise StoreError(f"{self.root}: not an MPS session folder of version "
+                                 f"{SESSION_VERSION} ({SESSION_FILE} says {info})")
+        elif create:
+            if self.root.exists() and any(self.root.iterdir()):
+                if not (self.root / "steps").exists():
+                    raise StoreError(
+                        f"{self.root}: the output folder is not empty and is not an MPS session; "
+                        f"choose an empty or new folder")
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"format": SESSION_FORMAT, "version": SESSION_VERSION,
+                                          "created": now_iso()}, indent=1))
+        else:
+            raise StoreError(f"{self.root}: not an MPS session folder (no {SESSION_FILE})")
+        (self.root / "steps").mkdir(exist_ok=True)
+        self._recover()
+
+    # -- paths ----------------------------------------------------------------------------
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "session.log"
+
+    def step_dir(self, step_id: str) -> Path:
+        return self.root / "steps" / step_id
+
+    def failure_path(self, step_id: str) -> Path:
+        return self.root / "steps" / f"{step_id}.failed.json"
+
+    def _recover(self) -> None:
+        """Undo what a crash between the two renames of a commit could leave behind."""
+        steps = self.root / "steps"
+        for p in steps.glob(".*.old-*"):
+            sid = p.name[1:].split(".old-")[0]
+            if not self.step_dir(sid).exists():
+                p.rename(self.step_dir(sid))
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in steps.glob(".*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    # -- writing --------------------------------------------------------------------------
+    def begin(self, step_id: str) -> StepRun:
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / "steps" / f".{step_id}.tmp-{run_id}"
+        tmp.mkdir(parents=True)
+        return StepRun(self, step_id, run_id, tmp, time.time())
+
+    def record_failure(self, step_id: str, message: str, log_path: Path | None = None) -> None:
+        info = {"step": step_id, "failed": now_iso(), "time": time.time(), "error": message,
+                "log": str(log_path or self.log_path)}
+        self.failure_path(step_id).write_text(json.dumps(info, indent=1))
+
+    # -- reading --------------------------------------------------------------------------
+    def manifest(self, step_id: str) -> dict[str, Any] | None:
+        p = self.step_dir(step_id) / "manifest.json"
+        if not p.exists():
+            return None
+        return json.loads(p.read_text())
+
+    def failure(self, step_id: str) -> dict[str, Any] | None:
+        p = self.failure_path(step_id)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def has(self, step_id: str, name: str) -> bool:
+        m = self.manifest(step_id)
+        return bool(m and name in m.get("outputs", {}))
+
+    def load(self, step_id: str, name: str) -> Any:
+        """Load one output lazily (arrays stay on disk until computed)."""
+        m = self.manifest(step_id)
+        if not m or name not in m.get("outputs", {}):
+            raise StoreError(f"{self.root}: step {step_id} has no output '{name}' "
+                             f"(run step {step_id} first)")
+        return load_path(self.step_dir(step_id) / m["outputs"][name])
+
+    def status(self, step_id: str, _seen: dict[str, str] | None = None) -> str:
+        """'not run', 'done', 'stale' (an input changed since) or 'failed'."""
+        seen = {} if _seen is None else _seen
+        if step_id in seen:
+            return seen[step_id]
+        m = self.manifest(step_id)
+        fail = self.failure(step_id)
+        if fail and (m is None or fail.get("time", 0) >= m.get("finished_time", 0)):
+            status = "failed"
+        elif m is None:
+            status = "not run"
+        else:
+            status = "done"
+            for src in m.get("inputs", {}).values():
+                pm = self.manifest(src["step"])
+                if pm is None or pm.get("run_id") != src["run_id"] or \
+                        self.status(src["step"], seen) in ("stale", "not run"):
+                    status = "stale"
+                    break
+        seen[step_id] = status
+        return status
+
+    def statuses(self, step_ids: Iterable[str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        return {sid: self.status(sid, seen) for sid in step_ids}
+
+    # -- derived reports --------------------------------------------------------------------
+    def write_removed_frames(self) -> None:
+        """Gather every current removal into all_removed_frames.txt (absent when none).
+
+        A stored dataset with a per-frame ``removed`` code (> 0 = removed) and a
+        ``removal_codes`` legend contributes its removed frames; stale runs do not.
+        """
+        rows: list[tuple[int, str]] = []
+        for d in sorted((self.root / "steps").iterdir(), key=lambda p: p.name):
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            m = self.manifest(d.name)
+            if not m or self.status(d.name) == "stale":
+                continue
+            for fname in m.get("outputs", {}).values():
+                if fname.endswith(".zarr"):
+                    rows += _removals(d / fname, d.name)
+        target = self.root / REMOVED_FILE
+        if not rows:
+            target.unlink(missing_ok=True)
+            return
+        rows.sort()
+        header = "# original_frame\tmovie\tlocal_frame\tstep\treason\n"
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(header + "".join(line + "\n" for _, line in rows))
+        tmp.replace(target)
+
+
+def _removals(path: Path, step_id: str) -> list[tuple[int, str]]:
+    ds = xr.open_zarr(path, consolidated=False)
+    if "removed" not in ds or "removal_codes" not in ds["removed"].attrs:
+        return []
+    codes = json.loads(ds["removed"].attrs["removal_codes"])
+    removed = ds["removed"].values
+    idx = np.flatnonzero(removed > 0)
+    frames = ds["frame"].values
+    movie = ds["movie_number"].values if "movie_number" in ds.coords else None
+    local = ds["local_frame"].values if "local_frame" in ds.coords else None
+    out = []
+    for i in idx:
+        m = "" if movie is None else int(movie[i])
+        lf = "" if local is None else int(local[i])
+        reason = codes.get(str(int(removed[i])), f"code {int(removed[i])}")
+        out.append((int(frames[i]), f"{int(frames[i])}\t{m}\t{lf}\t{step_id}\t{reason}"))
+    return out
+
+
+def load_path(path: Path) -> Any:
+    """Open one stored output: zarr lazily as xarray, JSON and text eagerly."""
+    if path.suffix == ".zarr":
+        ds = xr.open_zarr(path, consolidated=False)
+        var = ds.attrs.get("mps_dataarray")
+        return ds[var] if var else ds
+    if path.suffix == ".txt":
+        return path.read_text()
+    return json.loads(path.read_text())
+
+
+def is_inside(child: Path, parent: Path) -> bool:
+    child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
+    return child == parent or parent in child.parents

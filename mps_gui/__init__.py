@@ -1,0 +1,1 @@
+"""MPS desktop application (PySide6 + pyqtgraph). Only this package imports Qt."""
