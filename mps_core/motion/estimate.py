@@ -51,6 +51,7 @@ from .apply import apply_shifts
 __all__ = ["estimate_shifts", "patch_windows"]
 
 _MIN_PATCH = 16  # px: smaller patches hold too little texture to register
+_REFINE_RADIUS = 3.0  # px: refinement searches this far from the first-pass shift
 _WEAK_PATCH = 0.5  # patch confidence below this fraction of the frame's median is replaced
 
 
@@ -67,9 +68,12 @@ class _Config:
     lowpass: float
     highpass: float
     whiten: float
+    iterations: int
 
-    def plan(self, shape: tuple[int, int]) -> pc.Plan:
-        return pc.make_plan(tuple(shape), self.taper, self.lowpass, self.highpass)
+    def plan(self, shape: tuple[int, int], max_shift: float | None = None) -> pc.Plan:
+        limit = self.max_shift if max_shift is None else max_shift
+        taper = pc.effective_taper(self.taper, limit, shape)
+        return pc.make_plan(tuple(int(v) for v in shape), taper, self.lowpass, self.highpass)
 
 
 @dataclass
@@ -128,8 +132,8 @@ def patch_windows(shape: tuple[int, int], mesh: tuple[int, int], overlap: float)
 
 def _register(template: np.ndarray, frames: np.ndarray, cfg: _Config, max_shift: float) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel rigid shifts (and confidences) of frames (N, H, W) to one template."""
-    plan = cfg.plan(template.shape)
-    f_t = pc.spectra(template, plan)[0]
+    plan = cfg.plan(template.shape, max_shift)
+    f_t = pc.template_spectrum(template, plan)
     return pc.estimate_spectra(f_t, pc.spectra(frames, plan), plan, max_shift, cfg.upsample, cfg.whiten)
 
 
@@ -174,20 +178,48 @@ def _mesh_from_rigid(template: np.ndarray, frames: np.ndarray, rigid: np.ndarray
 # ----------------------------------------------------------------------------- tree
 
 
+def _group_pass(
+    frames: np.ndarray, spec: np.ndarray, shifts: np.ndarray | None, plan: pc.Plan, cfg: _Config, upsample: int
+) -> np.ndarray:
+    """One registration pass of a group against its own mean, leaving each frame out.
+
+    The template is the mean of the frames registered with `shifts` (the plain mean when
+    None). A frame's own noise in its template correlates with it at the shift it was
+    averaged in with, which pins noisy frames at their previous estimate (a bias towards
+    the first, motion-blurred guess). So each frame's own contribution is subtracted from
+    the template spectrum: the tapered spectrum moved by its shift (exact up to the taper
+    ramps, which hold little weight).
+    """
+    n = len(frames)
+    template = frames.mean(axis=0) if shifts is None else _mean_registered(frames, shifts)
+    f_t = pc.template_spectrum(template, plan) * np.float32(n / (n - 1))
+    out = np.empty((n, 2))
+    step = 16  # bounds the per-frame template array
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        own = spec[a:b] if shifts is None else pc.fourier_shift(spec[a:b], shifts[a:b], plan)
+        loo = f_t[None] - own / np.float32(n - 1)
+        out[a:b] = pc.estimate_spectra(loo, spec[a:b], plan, cfg.max_shift, upsample, cfg.whiten)[0]
+    return out
+
+
 def _register_group(frames: np.ndarray, cfg: _Config) -> _Node:
     """Register a group of consecutive frames to its own iteratively refined mean."""
-    plan = cfg.plan(frames.shape[1:])
-    spec = pc.spectra(frames, plan)
-    # Integer pass against the motion-blurred mean (its spectrum is the mean spectrum).
-    coarse, _ = pc.estimate_spectra(spec.mean(axis=0), spec, plan, cfg.max_shift, 1, cfg.whiten)
-    template = _mean_registered(frames, coarse)
-    # Sub-pixel pass against the sharper mean of the coarsely registered frames.
-    f_t = pc.spectra(template, plan)[0]
-    shifts, _ = pc.estimate_spectra(f_t, spec, plan, cfg.max_shift, cfg.upsample, cfg.whiten)
-    del spec
+    n = len(frames)
+    shifts = np.zeros((n, 2))
+    if n > 1:
+        plan = cfg.plan(frames.shape[1:])
+        spec = pc.spectra(frames, plan)
+        # Integer pass against the (motion-blurred) mean, then sub-pixel passes against
+        # the mean of the frames registered so far, each sharper than the last.
+        shifts = _group_pass(frames, spec, None, plan, cfg, 1)
+        for _ in range(cfg.iterations):
+            shifts = _group_pass(frames, spec, shifts, plan, cfg, cfg.upsample)
+        del spec
     if cfg.mesh is not None:
+        template = _mean_registered(frames, shifts)
         shifts = _mesh_from_rigid(template, frames, shifts, cfg)
-    return _Node(shifts, _mean_registered(frames, shifts), len(frames))
+    return _Node(shifts, _mean_registered(frames, shifts), n)
 
 
 def _merge(a: _Node, b: _Node, cfg: _Config) -> _Node:
@@ -226,12 +258,22 @@ def _register_chunk(block: np.ndarray, cfg: _Config) -> _Node:
     return _tree(nodes, lambda x, y: _merge(x, y, cfg))
 
 
-def _refine_chunk(block: np.ndarray, template: np.ndarray, cfg: _Config) -> np.ndarray:
-    """Refinement task: register every frame of a chunk to the global template."""
+def _refine_chunk(block: np.ndarray, template: np.ndarray, prior: np.ndarray, cfg: _Config) -> np.ndarray:
+    """Refinement task: register every frame of a chunk to the global template.
+
+    prior: (n, 2) first-pass rigid shifts of these frames in the template's frame; the
+    peak is searched within +-_REFINE_RADIUS px of them, so a periodic texture or a
+    spurious peak far away cannot take over.
+    """
     frames = _bin(block, cfg.factor)
+    plan = cfg.plan(template.shape)
+    f_t = pc.template_spectrum(template, plan)
     out = []
     for a, b in _split(len(frames), cfg.group_size):
-        s, _ = _register(template, frames[a:b], cfg, cfg.max_shift)
+        spec = pc.spectra(frames[a:b], plan)
+        s, _ = pc.estimate_spectra(
+            f_t, spec, plan, cfg.max_shift, cfg.upsample, cfg.whiten, centre=prior[a:b], radius=_REFINE_RADIUS
+        )
         if cfg.mesh is not None:
             s = _mesh_from_rigid(template, frames[a:b], s, cfg)
         out.append(s)
@@ -298,6 +340,7 @@ def estimate_shifts(
     lowpass: float = pc.DEFAULT_LOWPASS,
     highpass: float = pc.DEFAULT_HIGHPASS,
     whiten: float = pc.DEFAULT_WHITEN,
+    iterations: int = 1,
     compute: Callable | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> np.ndarray:
@@ -334,6 +377,7 @@ def estimate_shifts(
         lowpass=float(lowpass) / factor,
         highpass=float(highpass) / factor,
         whiten=float(whiten),
+        iterations=int(iterations),
     )
     n_frames = shape[0]
     if n_frames == 0:
@@ -349,7 +393,12 @@ def estimate_shifts(
     if refine:
         report(1.0 / n_passes, "motion: refining against the global template")
         template = dask.delayed(root.template)
-        parts = _run(compute, [dask.delayed(_refine_chunk)(b, template, cfg) for b in blocks])
+        rigid = shifts.reshape(len(shifts), -1, 2).mean(axis=1)
+        bounds = np.cumsum((0,) + data.chunks[0])
+        tasks = [
+            dask.delayed(_refine_chunk)(b, template, rigid[bounds[i] : bounds[i + 1]], cfg) for i, b in enumerate(blocks)
+        ]
+        parts = _run(compute, tasks)
         shifts = np.concatenate(list(parts), axis=0)
     report(1.0, "motion: done")
     return _finish(shifts, factor, float(max_shift))

@@ -6,21 +6,30 @@ content down) lines it up with the template.
 
 Method (Kuglin & Hines 1975; Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33:156, 2008):
 
-1. Each image has its mean removed and is multiplied by a separable Tukey taper, so the
-   implicit periodic boundary of the DFT does not produce a spurious peak at zero shift.
+1. Images have their mean removed. Only the *frames* are multiplied by a separable Tukey
+   taper, the template is not. The taper keeps the DFT's implicit periodic boundary (the
+   jump between opposite edges) out of the correlation: the tapered frame is ~0 near its
+   edges, so for shifts smaller than the taper ramp it never meets the template's own
+   edge jump. Tapering one side only keeps the estimate unbiased: with both sides
+   tapered, the product of the two envelopes shrinks with |shift| and pulls large shifts
+   towards zero (~0.5 % of the shift on textured scenes).
 2. float32 ``rfft2`` (half spectrum; scipy.fft keeps single precision).
-3. Cross-power spectrum ``T * conj(F)`` normalised by ``|T * conj(F)|`` (phase only) and
+3. Cross-power spectrum ``T * conj(F)`` partially whitened (divided by
+   ``|T * conj(F)|**whiten``; 1 = classic phase correlation, 0 = plain correlation) and
    multiplied by a Gaussian band-pass weight: the high-pass removes what is left of the
    smooth background, the low-pass removes the pixel-scale frequencies that hold mostly
-   noise once cells (~10 px) are the only texture. The band also lets the spectrum be
-   cropped to the columns where the weight is not negligible (less work below).
-4. Integer peak of the correlation surface, searched only within ``+-max_shift``. Only the
-   ``2*max_shift+1`` rows needed are inverse transformed along the second axis.
+   noise once cells (~10 px) are the only texture. Full whitening amplifies those noisy
+   bins and was clearly less accurate on noisy one-photon data; 0.5 was best on the
+   bench recordings. The band also lets the spectrum be cropped to the columns where the
+   weight is not negligible (less work below).
+4. Integer peak of the correlation surface, searched only within ``+-max_shift`` (or
+   within a radius of a prior estimate). Only the rows needed are inverse transformed
+   along the second axis.
 5. Sub-pixel refinement with the matrix-multiply DFT of a small neighbourhood around the
    peak, in two stages (1/8 px over +-1 px, then 1/upsample px over about +-1/8 px). The
    upsampled DFT is exact band-limited interpolation of the correlation surface, so the
-   accuracy is the grid step; two stages cost ~30 instead of 1.5*upsample output points per
-   axis.
+   accuracy is the grid step; two stages cost ~40 instead of 1.5*upsample output points
+   per axis.
 
 Everything is vectorised over the frame axis; the template spectrum is computed once.
 """
@@ -37,7 +46,10 @@ __all__ = [
     "Plan",
     "make_plan",
     "spectra",
+    "template_spectrum",
+    "effective_taper",
     "estimate_spectra",
+    "fourier_shift",
     "estimate_batch",
 ]
 
@@ -62,8 +74,6 @@ class Plan:
     ky: np.ndarray  # (Hk,) float64 signed frequency index of those rows (cycles / H)
     kx: np.ndarray  # (Wc,) float64 frequency index of the kept columns (cycles / W)
     hermitian: np.ndarray  # (Wc,) float32 weight 1 for kx=0 / Nyquist, 2 otherwise
-    overlap_y: np.ndarray  # window autocorrelation along y, on a fine lag grid (see _overlap)
-    overlap_x: np.ndarray
 
 
 def _tukey(n: int, alpha: float) -> np.ndarray:
@@ -132,51 +142,40 @@ def make_plan(
     ky = (sfft.fftfreq(h) * h)[rows]
     kx = np.arange(n_cols, dtype=np.float64)
     herm = herm_full[:n_cols].astype(np.float32)
-    oy = _overlap_table(_tukey(h, taper))
-    ox = _overlap_table(_tukey(w, taper))
-    return Plan((h, w), window, weight, n_cols, rows, ky, kx, herm, oy, ox)
+    return Plan((h, w), window, weight, n_cols, rows, ky, kx, herm)
 
 
-_OVERLAP_STEP = 32  # lag samples per px in the window-overlap tables
+def effective_taper(taper: float, max_shift: float, shape: tuple[int, int]) -> float:
+    """Tukey alpha at least wide enough that each ramp (alpha * n / 2 px) covers max_shift.
 
-
-def _overlap_table(w1d: np.ndarray) -> np.ndarray:
-    """Autocorrelation of a 1-D window at lags -n..n in steps of 1/_OVERLAP_STEP px.
-
-    Band-limited interpolation (zero-padded FFT) of sum_x w(x) w(x - d), normalised to 1
-    at d = 0. Dividing the correlation surface by the product of the two axes' overlaps
-    removes the pull of the fixed taper towards zero shift (the envelope of w(x)w(x-d)
-    shrinks with |d|), which otherwise biases large shifts by ~0.5 % of their size.
+    A shift larger than the ramp brings the template's periodic edge jump under the
+    non-zero part of the tapered frame, which biases the estimate.
     """
-    n = len(w1d)
-    power = np.abs(np.fft.rfft(w1d, 2 * n)) ** 2  # zero padding: linear, not circular, lags
-    fine = np.fft.irfft(power, 2 * n * _OVERLAP_STEP) * _OVERLAP_STEP
-    fine = np.fft.fftshift(fine)  # lag 0 in the middle
-    mid = n * _OVERLAP_STEP
-    table = fine[mid - n * _OVERLAP_STEP : mid + n * _OVERLAP_STEP + 1]
-    table = np.maximum(table / table[n * _OVERLAP_STEP], 1e-6)
-    table.setflags(write=False)
-    return table
+    need = 2.0 * float(max_shift) / max(1, min(shape))
+    return float(min(1.0, max(float(taper), round(need, 3))))
 
 
-def _overlap(table: np.ndarray, lag: np.ndarray) -> np.ndarray:
-    """Window overlap (relative to zero lag) at fractional lags, by linear interpolation."""
-    n = (len(table) - 1) // (2 * _OVERLAP_STEP)
-    pos = (np.asarray(lag, dtype=np.float64) + n) * _OVERLAP_STEP
-    return np.interp(pos, np.arange(len(table)), table)
+def spectra(images: np.ndarray, plan: Plan, workers: int = 1, window: bool = True) -> np.ndarray:
+    """Cropped half spectra (N, H, Wc) complex64 of mean-removed images (N, H, W).
 
-
-def spectra(images: np.ndarray, plan: Plan, workers: int = 1) -> np.ndarray:
-    """Cropped half spectra (N, H, Wc) complex64 of mean-removed, tapered images (N, H, W)."""
+    window=True tapers the images (the *frame* side); templates are transformed with
+    window=False (see the module docstring for why only one side is tapered).
+    """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
     if x.shape[1:] != plan.shape:
         raise ValueError(f"phasecorr: image shape {x.shape[1:]} does not match plan {plan.shape}")
     x = x - x.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
-    x *= plan.window
+    if window:
+        x *= plan.window
     spec = sfft.rfft2(x, workers=workers)
     return np.ascontiguousarray(spec[:, :, : plan.n_cols])
+
+
+def template_spectrum(template: np.ndarray, plan: Plan, workers: int = 1) -> np.ndarray:
+    """(H, Wc) spectrum of a template (mean removed, not tapered)."""
+    return spectra(template, plan, workers, window=False)[0]
 
 
 def _normalised_cross_power(
@@ -184,11 +183,15 @@ def _normalised_cross_power(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Band-weighted, partially whitened cross-power spectrum T*conj(F)/|T*conj(F)|^whiten.
 
+    f_template: (H, Wc) shared or (N, H, Wc) one template spectrum per frame.
+
     Returns (cross (N, H, Wc) complex64, scale (N,)): `scale` = sum of |cross| over the full
     spectrum, the value the correlation peak reaches when the frame is an exact shift of
     the template (so peak / scale is a confidence in [0, 1]).
     """
-    cross = f_template[None] * np.conj(f_frames)
+    if f_template.ndim == 2:
+        f_template = f_template[None]
+    cross = f_template * np.conj(f_frames)
     weight = plan.weight
     if whiten > 0:
         mag = np.abs(cross)
@@ -200,29 +203,40 @@ def _normalised_cross_power(
     return cross, scale
 
 
-def _search_radius(max_shift: float, plan: Plan) -> tuple[int, int]:
-    h, w = plan.shape
-    m = int(np.floor(max_shift))
-    return min(m, (h - 1) // 2), min(m, (w - 1) // 2)
+def _integer_peak(
+    cross: np.ndarray, plan: Plan, max_shift: float, centre: np.ndarray | None = None, radius: float | None = None
+) -> np.ndarray:
+    """Integer (dy, dx) of the correlation maximum, (N, 2) float64.
 
-
-def _integer_peak(cross: np.ndarray, plan: Plan, max_shift: float) -> np.ndarray:
-    """Integer (dy, dx) of the correlation maximum within +-max_shift, (N, 2) float64."""
+    Searched within +-max_shift of zero and, when `centre` (N, 2) is given, also within
+    +-radius of the rounded centre (a prior from an earlier estimate).
+    """
     h, w = plan.shape
-    my, mx = _search_radius(max_shift, plan)
-    g = sfft.ifft(cross, axis=1, workers=1)  # (N, H, Wc), first inverse axis in full
-    row_idx = np.arange(-my, my + 1) % h
-    surf = sfft.irfft(g[:, row_idx, :], n=w, axis=2, workers=1)  # only needed rows
-    col_idx = np.arange(-mx, mx + 1) % w
-    surf = surf[:, :, col_idx]  # (N, 2my+1, 2mx+1), centred on zero shift
-    lags_y, lags_x = np.arange(-my, my + 1), np.arange(-mx, mx + 1)
-    surf /= np.outer(_overlap(plan.overlap_y, lags_y), _overlap(plan.overlap_x, lags_x))
-    flat = surf.reshape(surf.shape[0], -1)
+    n = cross.shape[0]
+    lim_y, lim_x = min(int(np.floor(max_shift)), (h - 1) // 2), min(int(np.floor(max_shift)), (w - 1) // 2)
+    if centre is None:
+        c = np.zeros((n, 2), int)
+        ry, rx = lim_y, lim_x
+    else:
+        c = np.round(np.asarray(centre, dtype=np.float64)).astype(int)
+        ry = rx = max(0, int(np.floor(radius)))
+        c[:, 0] = np.clip(c[:, 0], -lim_y, lim_y)
+        c[:, 1] = np.clip(c[:, 1], -lim_x, lim_x)
+    lag_y = c[:, 0:1] + np.arange(-ry, ry + 1)[None, :]  # (N, 2ry+1)
+    lag_x = c[:, 1:2] + np.arange(-rx, rx + 1)[None, :]
+    g = sfft.ifft(cross, axis=1, workers=1)  # (N, H, Wc): first inverse axis in full
+    rows = g[np.arange(n)[:, None], lag_y % h]  # only the rows in the window
+    surf = sfft.irfft(rows, n=w, axis=2, workers=1)  # (N, 2ry+1, W)
+    surf = np.take_along_axis(surf, (lag_x % w)[:, None, :], axis=2)  # (N, 2ry+1, 2rx+1)
+    outside = (np.abs(lag_y) > lim_y)[:, :, None] | (np.abs(lag_x) > lim_x)[:, None, :]
+    surf[outside] = -np.inf
+    flat = surf.reshape(n, -1)
     best = flat.argmax(axis=1)
     iy, ix = np.unravel_index(best, surf.shape[1:])
-    peak = np.stack([iy - my, ix - mx], axis=1).astype(np.float64)
+    peak = np.stack([lag_y[np.arange(n), iy], lag_x[np.arange(n), ix]], axis=1).astype(np.float64)
+    finite = np.where(np.isfinite(flat), flat, np.nan)
     # A flat surface (blank frame) carries no information: report no shift.
-    flat_rows = flat.max(axis=1) - flat.min(axis=1) <= 0
+    flat_rows = ~(np.nanmax(finite, axis=1) > np.nanmin(finite, axis=1))
     peak[flat_rows] = 0.0
     return peak
 
@@ -242,8 +256,7 @@ def _dft_neighbourhood(cross: np.ndarray, plan: Plan, centre: np.ndarray, step: 
     ex = np.exp(2j * np.pi * (plan.kx[None, :, None] / w) * xs[:, None, :]).astype(np.complex64)  # (N, Wc, n)
     ex *= plan.hermitian[None, :, None]
     sub = cross[:, plan.rows, :]  # (N, Hk, Wc)
-    surf = np.matmul(ey, np.matmul(sub, ex)).real  # (N, n, n)
-    return surf / (_overlap(plan.overlap_y, ys)[:, :, None] * _overlap(plan.overlap_x, xs)[:, None, :])
+    return np.matmul(ey, np.matmul(sub, ex)).real  # (N, n, n)
 
 
 def _refine(cross: np.ndarray, plan: Plan, peak: np.ndarray, upsample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +279,17 @@ def _refine(cross: np.ndarray, plan: Plan, peak: np.ndarray, upsample: int) -> t
     return centre, height
 
 
+def fourier_shift(spec: np.ndarray, shifts: np.ndarray, plan: Plan) -> np.ndarray:
+    """Spectra (N, H, Wc) of the images shifted by (dy, dx) (circular, exact in Fourier)."""
+    h, w = plan.shape
+    s = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    fy = sfft.fftfreq(h)  # cycles / px of every row
+    fx = np.arange(plan.n_cols) / w
+    ry = np.exp(-2j * np.pi * s[:, 0:1] * fy[None, :]).astype(np.complex64)  # (N, H)
+    rx = np.exp(-2j * np.pi * s[:, 1:2] * fx[None, :]).astype(np.complex64)  # (N, Wc)
+    return spec * ry[:, :, None] * rx[:, None, :]
+
+
 def estimate_spectra(
     f_template: np.ndarray,
     f_frames: np.ndarray,
@@ -273,17 +297,22 @@ def estimate_spectra(
     max_shift: float,
     upsample: int = 50,
     whiten: float = DEFAULT_WHITEN,
+    centre: np.ndarray | None = None,
+    radius: float = 3.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shifts registering each frame spectrum to the template spectrum (from `spectra`).
 
+    f_template: (H, Wc) shared, or (N, H, Wc) one template per frame (e.g. leave-one-out).
+
     Returns (shifts (N, 2) float64 clipped to +-max_shift, confidence (N,) float64): the
     correlation peak divided by the value it reaches for an exact shifted copy, in [0, 1].
-    `upsample` <= 1 returns integer shifts.
+    `upsample` <= 1 returns integer shifts. `centre` (N, 2), optional: prior shifts; the
+    peak is then searched within +-radius px of them (and still within +-max_shift).
     """
     if f_frames.ndim == 2:
         f_frames = f_frames[None]
     cross, scale = _normalised_cross_power(f_template, f_frames, plan, whiten)
-    peak = _integer_peak(cross, plan, max_shift)
+    peak = _integer_peak(cross, plan, max_shift, centre, radius)
     if upsample > 1:
         shifts, height = _refine(cross, plan, peak, int(upsample))
     else:
@@ -316,7 +345,8 @@ def estimate_batch(
     """(dy, dx) per frame, (T, 2) float32, registering each frame to `template`.
 
     template: (H, W); frames: (T, H, W) or (H, W), any real dtype. Shifts are searched
-    within +-max_shift px on each axis and reported to 1/upsample px. taper: Tukey alpha;
+    within +-max_shift px on each axis and reported to 1/upsample px. taper: Tukey alpha
+    (raised to `effective_taper` so the ramps cover max_shift);
     lowpass / highpass: band-pass Gaussian sigmas in px (0 disables one side); whiten:
     spectral whitening exponent (1 = pure phase correlation, 0 = plain cross-correlation);
     workers: threads for the forward FFTs.
@@ -334,8 +364,8 @@ def estimate_batch(
     if not 0 <= whiten <= 1:
         raise ValueError(f"phasecorr: whiten must be in [0, 1], got {whiten}")
     upsample = _check_upsample(upsample)
-    plan = make_plan(template.shape, float(taper), float(lowpass), float(highpass))
-    f_t = spectra(template, plan, workers)[0]
+    plan = make_plan(template.shape, effective_taper(taper, max_shift, template.shape), float(lowpass), float(highpass))
+    f_t = template_spectrum(template, plan, workers)
     out = np.empty((frames.shape[0], 2), np.float32)
     batch = 32  # bounds the temporary complex arrays (~N * H * W * 8 bytes each)
     for i in range(0, frames.shape[0], batch):

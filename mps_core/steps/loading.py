@@ -55,9 +55,10 @@ class LoadParams(StepParams):
                                 ge=1, le=512, advanced=True, unit="px")
     line_split_k: float = P(2.0, "For 'basic': flag frames above mean + k*std of the left-edge "
                             "means.", gt=0, le=100, advanced=True)
-    verify_frames: bool = P(True, "Decode every file once to count readable frames (finds "
-                            "truncated files; costs one extra read of the videos).",
-                            advanced=True)
+    verify_frames: Literal["quick", "full", "off"] = P(
+        "quick", "How files are checked for truncation: 'quick' decodes the last frame each "
+        "header announces (counting only when it fails), 'full' decodes every frame once "
+        "(one extra read of the videos), 'off' trusts the headers.", advanced=True)
     min_frame_fraction: float = P(0.95, "A file yielding fewer than this fraction of the frames "
                                   "its header announces is reported as truncated.",
                                   gt=0, le=1, advanced=True)
@@ -71,7 +72,8 @@ def load(p: LoadParams, ctx, config: dict) -> dict:
         paths = find_files(folder, p.file_pattern)
     except ValueError as e:
         raise StepError(str(e)) from None
-    health = check_files(paths, verify_frames=p.verify_frames,
+    verify = {"quick": "quick", "full": True, "off": False}[p.verify_frames]
+    health = check_files(paths, verify_frames=verify,
                          min_fraction=p.min_frame_fraction)
     if not health.usable:
         raise StepError(f"no readable video in {folder}:\n{health.to_text()}")

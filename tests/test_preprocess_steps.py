@@ -1,0 +1,194 @@
+"""Steps 1-2f through the runner on synthetic recordings whose truth is known."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mps_core.params import ParamSet
+from mps_core.runner import Runner
+from mps_core.steps import STEPS
+from mps_core.store import REMOVED_FILE, SessionStore
+from mps_core.synth import simulate, write_miniscope
+
+CORRUPT = [11, 40, 77]  # global frames given a band of noise rows
+
+
+def _recording(folder: Path, n_frames=120, seed=3, corrupt=CORRUPT, **kw):
+    rec = simulate(n_frames=n_frames, height=72, width=80, n_cells=6, cell_diameter=9.0,
+                   max_shift=2.5, seed=seed, **kw)
+    rng = np.random.default_rng(0)
+    for t in corrupt:  # radio loss: rows replaced by random values
+        rec.movie[t, 30:38] = rng.integers(0, 256, size=(8, rec.movie.shape[2]), dtype=np.uint8)
+    write_miniscope(rec, folder, layout="v4", frames_per_file=50)
+    return rec
+
+
+def _session(tmp_path, rec_dir, **changes):
+    out = tmp_path / "session"
+    ps = ParamSet(STEPS).with_values("1", {"input_dir": str(rec_dir), "output_dir": str(out),
+                                           "n_workers": 2})
+    for sid, values in changes.items():
+        ps = ps.with_values(sid, values)
+    return ps, SessionStore(out)
+
+
+@pytest.fixture(scope="module")
+def done_session(tmp_path_factory):
+    """One full 1..2f run shared by the read-only tests below."""
+    tmp = tmp_path_factory.mktemp("pre")
+    rec = _recording(tmp / "rec")
+    ps, store = _session(tmp, tmp / "rec")
+    Runner(STEPS, ps, store).run(stop="2f")
+    return rec, ps, store
+
+
+def test_all_preprocessing_steps_done(done_session):
+    rec, ps, store = done_session
+    st = store.statuses([s.id for s in STEPS])
+    assert all(st[i] == "done" for i in ("1", "2a", "2b", "2c", "2d", "2e", "2f"))
+    assert st["3a"] == "not run"
+    for sid in ("2a", "2b", "2c", "2d", "2f"):
+        assert list(store.step_dir(sid).glob("preview_*.png")), sid
+
+
+def test_frame_qc_removes_exactly_the_corrupted_frames(done_session):
+    rec, ps, store = done_session
+    table = store.load("2a", "frame_index")
+    removed = table.frame.values[table["removed"].values > 0]
+    assert removed.tolist() == CORRUPT
+    lines = (store.root / REMOVED_FILE).read_text().splitlines()[1:]
+    listed = {int(line.split("\t")[0]): line for line in lines}
+    for t in CORRUPT:
+        assert "transmission corruption" in listed[t]
+    movie = store.load("2e", "movie")
+    assert not set(CORRUPT) & set(movie.frame.values.tolist())
+
+
+def test_frame_index_travels_with_the_movie(done_session):
+    rec, ps, store = done_session
+    movie = store.load("2e", "movie")
+    f = movie.frame.values
+    np.testing.assert_array_equal(movie.movie_number.values, f // 50)
+    np.testing.assert_array_equal(movie.local_frame.values, f % 50)
+    # times come from timeStamps.csv (ms, jittered), not from an assumed rate
+    stamps = np.loadtxt(store.load("1", "config")["input_dir"] + "/timeStamps.csv",
+                        delimiter=",", skiprows=1)
+    np.testing.assert_allclose(movie.time_s.values, (stamps[f, 1] - stamps[0, 1]) / 1000)
+
+
+def test_motion_recovered_within_a_tenth_of_a_pixel(done_session):
+    rec, ps, store = done_session
+    s = store.load("2c", "shifts")
+    est, truth = s.values, rec.shifts[s.frame.values]
+    err = (est - est.mean(0)) - (truth - truth.mean(0))
+    rmse = float(np.sqrt((err ** 2).sum(1).mean()))
+    assert rmse < 0.1, rmse
+
+
+def test_corrected_movie_is_float32_and_finite(done_session):
+    rec, ps, store = done_session
+    movie = store.load("2e", "movie")
+    assert movie.dtype == np.float32
+    v = store.load("2f", "validation")
+    assert v["nan"] == 0 and v["inf"] == 0 and v["shape"][0] == movie.sizes["frame"]
+
+
+def test_rerun_of_2b_marks_later_steps_stale(tmp_path):
+    rec_dir = tmp_path / "rec"
+    _recording(rec_dir, n_frames=60, corrupt=[])
+    ps, store = _session(tmp_path, rec_dir)
+    Runner(STEPS, ps, store).run(stop="2f")
+    Runner(STEPS, ps.with_values("2b", {"median_ksize": 3}), store).run(start="2b", stop="2b")
+    st = store.statuses([s.id for s in STEPS])
+    assert st["2a"] == "done" and st["2b"] == "done"
+    assert [st[i] for i in ("2c", "2d", "2e", "2f")] == ["stale"] * 4
+    assert all(st[s.id] == "not run" for s in STEPS[7:])
+
+
+def test_2d_drops_planted_outliers_and_2e_resumes_from_it(tmp_path):
+    rec_dir = tmp_path / "rec"
+    rec = _recording(rec_dir, n_frames=90, corrupt=[])
+    # two frames jump far away: the estimated shifts must flag exactly those
+    jump = {20: (9.0, 0.0), 61: (0.0, -9.0)}
+    for t, (dy, dx) in jump.items():
+        rec.movie[t] = np.roll(rec.movie[t], (int(dy), int(dx)), axis=(0, 1))
+    shutil.rmtree(rec_dir)
+    write_miniscope(rec, rec_dir, layout="v4", frames_per_file=50)
+    ps, store = _session(tmp_path, rec_dir)
+    Runner(STEPS, ps, store).run(stop="2d")
+    qc = store.load("2d", "motion_qc")
+    assert qc.frame.values[qc["flagged"].values].tolist() == sorted(jump)
+    # resume: 2e alone, from what 2d stored
+    Runner(STEPS, ps, store).run(start="2e", stop="2e")
+    movie = store.load("2e", "movie")
+    assert movie.sizes["frame"] == 88 and not set(jump) & set(movie.frame.values.tolist())
+    lines = (store.root / REMOVED_FILE).read_text()
+    assert "motion outlier" in lines
+
+
+def test_trims_downsampling_and_video_percent(tmp_path):
+    rec_dir = tmp_path / "rec"
+    _recording(rec_dir, n_frames=100, corrupt=[41])
+    ps, store = _session(tmp_path, rec_dir,
+                         **{"2a": {"trim_start": 5, "trim_end": 3, "downsample_frames": 2,
+                                   "downsample_space": 2},
+                            "1": {"video_percent": 80.0}})
+    Runner(STEPS, ps, store).run(stop="2a")
+    raw = store.load("2a", "movie_raw")
+    expect = np.arange(5, 80 - 3, 2)
+    np.testing.assert_array_equal(raw.frame.values, expect)
+    assert raw.shape[1:] == (36, 40)
+    t = store.load("2a", "frame_index")
+    assert t.frame.values[t["removed"].values > 0].tolist() == [41]
+    # mean strategy averages groups of frames
+    ps2, store2 = _session(tmp_path / "b", rec_dir,
+                           **{"2a": {"downsample_frames": 4, "downsample_strategy": "mean",
+                                     "frame_qc": False}})
+    Runner(STEPS, ps2, store2).run(stop="2a")
+    raw2 = store2.load("2a", "movie_raw")
+    assert raw2.sizes["frame"] == 25 and raw2.dtype == np.float32
+    np.testing.assert_array_equal(raw2.frame.values, np.arange(0, 100, 4))
+
+
+def test_truncated_file_is_reported_and_the_rest_used(tmp_path):
+    rec_dir = tmp_path / "rec"
+    _recording(rec_dir, n_frames=150, corrupt=[])
+    f = rec_dir / "1.avi"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    ps, store = _session(tmp_path, rec_dir)
+    Runner(STEPS, ps, store).run(stop="2a")
+    health = store.load("2a", "file_health")
+    status = {Path(x["path"]).name: x["status"] for x in health["files"]}
+    assert status == {"0.avi": "ok", "1.avi": "truncated", "2.avi": "ok"}
+    raw = store.load("2a", "movie_raw")
+    assert 100 < raw.sizes["frame"] < 150
+    assert any("1.avi" in w for w in store.manifest("2a")["warnings"])
+
+
+MIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mio"
+
+
+@pytest.mark.skipif(not (MIO / "wireless_corrupted.avi").exists(), reason="mio data not here")
+def test_real_wireless_corruption_found(tmp_path):
+    import yaml
+
+    labels = yaml.safe_load((MIO / "wireless_corrupted.yaml").read_text())["frames"]
+    truth = sorted(i for kind in labels["check_pattern"].values() for i in kind)
+    ps, store = _session(tmp_path, MIO, **{"2a": {"file_pattern": r"wireless_corrupted\.avi"}})
+    Runner(STEPS, ps, store).run(stop="2a")
+    t = store.load("2a", "frame_index")
+    found = t.frame.values[t["removed"].values > 0].tolist()
+    assert found == truth
+
+
+def test_demo_command_runs(tmp_path, capsys):
+    from mps_core.cli import main
+
+    assert main(["demo", "--output", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "motion: error against the planted shifts" in out
+    rmse = float(out.split("planted shifts")[1].split("px")[0])
+    assert rmse < 0.1
