@@ -65,10 +65,14 @@ class Execution:
         else:
             self._config = dask.config.set(scheduler="threads", num_workers=self.n_workers)
             self._config.__enter__()
-            # dask runs one task per worker thread; OpenCV's own threads would oversubscribe
+            # dask runs one task per worker thread; OpenCV's and BLAS's own threads would
+            # oversubscribe the cores (measured: BLAS threads halve the SVD's speed here)
             import cv2
+            from threadpoolctl import threadpool_limits
 
+            self._cv_threads = cv2.getNumThreads()
             cv2.setNumThreads(1)
+            self._blas = threadpool_limits(limits=1, user_api="blas")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -78,6 +82,10 @@ class Execution:
         if self._config is not None:
             self._config.__exit__(*exc)
             self._config = None
+            self._blas.restore_original_limits()
+            import cv2
+
+            cv2.setNumThreads(self._cv_threads)
 
     @property
     def dashboard_link(self) -> str | None:

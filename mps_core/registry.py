@@ -36,6 +36,9 @@ class Context(Protocol):
     def chunk_frames(self, frame_bytes: int, copies: float = 4.0) -> int: ...
     def warn(self, message: str) -> None: ...
 
+    # folder for files a step writes itself (exports); committed atomically with its results
+    output_dir: Any
+
 
 @dataclass(frozen=True)
 class Preview:
@@ -88,6 +91,8 @@ class SimpleContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     messages: list[str] = field(default_factory=list)
     memory_limit_bytes: int = 2 * 1024**3
+    output_dir: Any = None
+    n_workers: int = 1
 
     def progress(self, fraction: float, message: str = "") -> None:
         pass

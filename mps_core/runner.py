@@ -52,8 +52,10 @@ class RunContext:
     """The Context a step function sees during a runner-driven run."""
 
     def __init__(self, step: Step, execution: Execution, cancel: threading.Event,
-                 on_progress: ProgressCb | None):
+                 on_progress: ProgressCb | None, output_dir: Path | None = None):
         self.step, self.execution, self.cancel = step, execution, cancel
+        # files a step writes itself (exports) go here and are committed with its arrays
+        self.output_dir = output_dir
         self._on_progress = on_progress
         self.warnings: list[str] = []
 
@@ -160,11 +162,11 @@ class Runner:
 
     def run_step(self, step: Step, execution: Execution, cancel: threading.Event) -> StepResult:
         params = self.params[step.id]
-        ctx = RunContext(step, execution, cancel, self.on_progress)
         self._event(step.id, "started", step.title)
         log.info("step %s (%s) started", step.id, step.title)
         t0 = time.time()
         run = self.store.begin(step.id)
+        ctx = RunContext(step, execution, cancel, self.on_progress, output_dir=run.tmp)
         try:
             inputs, fingerprints = self._load_inputs(step)
             outputs = step(params, ctx, **inputs)

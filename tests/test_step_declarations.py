@@ -54,11 +54,14 @@ def test_ids_titles_and_stages():
         assert isinstance(s, Step) and issubclass(s.params, StepParams)
         # one to three sentences for the user
         assert s.summary and 1 <= s.summary.count(". ") + 1 <= 3 and s.summary.endswith(".")
-        assert s.previews == () and s.run is None and not s.implemented
+        # an implemented step shows the user at least one preview
+        assert s.implemented == (s.run is not None) and (not s.implemented or s.previews)
 
 
 @ids
 def test_not_implemented_raises_clearly(step):
+    if step.implemented:
+        pytest.skip("implemented")
     with pytest.raises(StepNotImplemented, match=step.id):
         step(step.params(), SimpleContext())
 
@@ -112,7 +115,8 @@ def test_outputs_unique_and_inputs_chain():
 
 
 def test_declared_store_names():
-    assert STEP_3A.outputs == ("crop", "mean_frame", "static_background", "movie_cropped")
+    assert STEP_3A.outputs == ("crop", "cell_size", "mean_frame", "max_projection",
+                              "static_background", "movie_cropped")
     assert STEP_4B.optional_inputs == ("watershed_suggestion",)
     assert STEP_4H.outputs == ("A_seed", "C_seed", "quarantine", "component_scores")
     assert STEP_6D.optional_inputs == ("temporal_suggestions",)

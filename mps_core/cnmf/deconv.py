@@ -832,7 +832,10 @@ def deconvolve_batch(Y: np.ndarray, *, p: int = 1, sparse_penalty: float = 1.0,
         try:
             r = deconvolve_long(y, g_i, lam_i, chunk=chunk, overlap=overlap, solver=solver,
                                 zero_threshold=zero_threshold, sn=s_i, max_iter=max_iter)
-        except (FastSolverError, CvxpySolverError) as exc:
+        except (FastSolverError, CvxpySolverError, FloatingPointError, ZeroDivisionError,
+                np.linalg.LinAlgError) as exc:
+            # with solver="fast" these numeric failures are not caught by deconvolve(); one
+            # bad unit must not lose the whole batch
             out.b0[i] = float(y.mean())
             out.solver.append("failed")
             out.status.append("failed")

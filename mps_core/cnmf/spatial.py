@@ -285,7 +285,8 @@ def update_footprints(YC: BoxProducts, CC: np.ndarray, A_init: np.ndarray, noise
                       b: np.ndarray | None = None, penalty_scale: float = 1.0,
                       min_penalty: float = 0.1, max_penalty: float = 10.0, min_std: float = 0.0,
                       pixel_std: np.ndarray | None = None, max_iter: int = 500,
-                      tol: float = 1e-4, n_sweeps: int = 1) -> list[BoxFootprints]:
+                      tol: float = 1e-4, n_sweeps: int = 1,
+                      on_plan: Callable[[int, int], None] | None = None) -> list[BoxFootprints]:
     """New footprints of every plan's units (see the module docstring), one result per plan.
 
     ``A_init`` (n, H, W) current footprints: warm start, and the fixed values of units outside
@@ -293,6 +294,8 @@ def update_footprints(YC: BoxProducts, CC: np.ndarray, A_init: np.ndarray, noise
     the statistics; None re-estimates it); ``pixel_std`` (H, W) defaults to the std from the
     statistics' pass. ``tol``: coordinate descent stops when no unit's change, in units of its
     fitted signal (``|da| ||c_u||``), exceeds ``tol`` times the largest fitted signal.
+    ``on_plan(done, total)`` is called after every solved plan (progress, and a place for the
+    caller to cancel by raising).
     """
     n, H, W = _check_update(YC, CC, A_init, noise, b, penalty_scale, min_penalty, max_penalty,
                             min_std, pixel_std, max_iter, tol, n_sweeps)
@@ -306,8 +309,13 @@ def update_footprints(YC: BoxProducts, CC: np.ndarray, A_init: np.ndarray, noise
     for sweep in range(int(n_sweeps)):
         if sweep:  # fixed units now take the previous sweep's values
             current = _results_csr(results, current).tocsc()
-        results = [_solve_plan(plan, prod, CC, current, pen, ok_pixel, bflat, YC, max_iter, tol)
-                   for plan, prod in zip(YC.plans, YC.products)]
+        results = []
+        total = len(YC.plans) * int(n_sweeps)
+        for plan, prod in zip(YC.plans, YC.products):
+            results.append(_solve_plan(plan, prod, CC, current, pen, ok_pixel, bflat, YC,
+                                       max_iter, tol))
+            if on_plan is not None:
+                on_plan(sweep * len(YC.plans) + len(results), total)
     return results
 
 

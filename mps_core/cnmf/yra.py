@@ -54,8 +54,23 @@ def frame_chunked(Y: Any, chunk_frames: int | None, where: str) -> da.Array:
     return data
 
 
-def footprints_csr(A: np.ndarray, shape: tuple[int, int], where: str) -> sp.csr_matrix:
-    """(n, H*W) float32 CSR of dense (n, H, W) footprints, checking the frame shape."""
+def footprints_csr(A: np.ndarray | sp.spmatrix, shape: tuple[int, int],
+                   where: str) -> sp.csr_matrix:
+    """(n, H*W) float32 CSR of dense (n, H, W) footprints, checking the frame shape.
+
+    A scipy sparse (n, H*W) matrix is accepted as well (no dense copy of all footprints is
+    then ever made, which matters for many units on large frames).
+    """
+    if sp.issparse(A):
+        if A.ndim != 2 or A.shape[1] != shape[0] * shape[1]:
+            raise ValueError(f"{where}: sparse A must be (unit, height*width) with height*width "
+                             f"= {shape[0] * shape[1]}, got shape {A.shape}")
+        out = sp.csr_matrix(A, dtype=np.float32, copy=True)  # sorted and pruned below
+        if not np.all(np.isfinite(out.data)):
+            raise ValueError(f"{where}: A holds NaN or Inf values")
+        out.eliminate_zeros()
+        out.sort_indices()
+        return out
     A = np.asarray(A)
     if A.ndim != 3 or A.shape[1:] != tuple(shape):
         raise ValueError(f"{where}: A must be (unit, height, width) with frame shape {tuple(shape)}, "
@@ -67,15 +82,16 @@ def footprints_csr(A: np.ndarray, shape: tuple[int, int], where: str) -> sp.csr_
     return out
 
 
-def compute_yra(Y: Any, A: np.ndarray, C: np.ndarray, *, b: np.ndarray | None = None,
-                f: np.ndarray | None = None, compute: Compute | None = None,
-                chunk_frames: int | None = None) -> np.ndarray:
+def compute_yra(Y: Any, A: np.ndarray | sp.spmatrix, C: np.ndarray, *,
+                b: np.ndarray | None = None, f: np.ndarray | None = None,
+                compute: Compute | None = None, chunk_frames: int | None = None) -> np.ndarray:
     """(n, T) float32 YrA of every unit (see the module docstring), one pass over ``Y``.
 
     ``Y`` (T, H, W) movie (dask, streamed by frame chunks; ``chunk_frames`` rechunks it);
-    ``A`` (n, H, W) footprints, none empty; ``C`` (n, T) traces; ``b`` (H, W) and ``f`` (T,)
-    the optional rank-1 background, both or neither. ``compute(*dask_objs) -> tuple`` runs the
-    pass (default ``dask.compute``), e.g. with progress and cancel.
+    ``A`` (n, H, W) footprints (or a scipy sparse (n, H*W) matrix), none empty; ``C`` (n, T)
+    traces; ``b`` (H, W) and ``f`` (T,) the optional rank-1 background, both or neither.
+    ``compute(*dask_objs) -> tuple`` runs the pass (default ``dask.compute``), e.g. with
+    progress and cancel.
     """
     compute = compute or dask.compute
     Yd = frame_chunked(Y, chunk_frames, "compute_yra")

@@ -165,6 +165,9 @@ def crop_box(height: int, width: int, *, shape: str = "circle", size_fraction: f
     y0, y1 = _clip_range(y0, y1, height, "offset_y", offset_y)
     x0, x1 = _clip_range(x0, x1, width, "offset_x", offset_x)
     mask = _box_mask(y0, x0, y1 - y0, x1 - x0, (cy, cx), r)
+    if not mask.any() and r is not None and r < 1:
+        raise ValueError(f"crop_box: size_fraction={size_fraction!r} gives a circle of {size:.2g} px "
+                         f"holding no pixel; use a larger size_fraction")
     if not mask.any():  # a circle whose inside pixels all fall outside the frame
         raise ValueError(f"crop_box: the circle centred at ({cy:g}, {cx:g}) has no pixel inside the "
                          f"{height}x{width} frame; reduce offset_y={offset_y!r} / offset_x={offset_x!r}")

@@ -7,16 +7,19 @@ algorithms 4.4 + 5.1) on the *uncentred* matrix ``X`` (T frames x P pixels), wit
 1. ``Q = qr(X @ Omega)`` with ``Omega`` a seeded standard-normal (P x l) matrix;
 2. ``n_iter`` times: ``Z = qr(X.T @ Q)``, ``Q = qr(X @ Z)`` (QR re-orthonormalisation after
    every product, so the small singular directions are not swamped by the large ones);
-3. ``B = Q.T @ X`` (l x P), ``B = Ub S Vt`` (dense SVD of the small factor), ``U = Q Ub``;
-   the top ``k`` triplets are returned.
+3. ``B = Q.T @ X`` (l x P), ``B = Ub S Vt`` (SVD of the small factor, through its l x l
+   Gram matrix), ``U = Q Ub``; the top ``k`` triplets are returned.
 
 Every product with ``X`` is one streaming pass over frame chunks, ``2 n_iter + 2`` passes in
-all: ``X @ M`` is computed chunk by chunk (rows of the result), ``X.T @ Q`` as a sum of
-per-chunk products ``X_c.T @ Q_c`` added pairwise in a tree of dask tasks (in place, so only
-a few (l x P) partial sums exist at a time). Peak memory is therefore about
-``chunk * P + few * P * l + T * l`` floats, never the whole movie. Products run in float32
-(the movie's precision; the QR after each product keeps them well conditioned), the small
-factorisations in float64.
+all. ``X @ M`` is computed chunk by chunk (rows of the result). ``X.T @ Q`` is a sum of
+per-chunk products ``X_c.T @ Q_c``: chunks are dealt to a few chains (one per core, at most
+4), each adding its products into one accumulator in place (BLAS ``beta=1``), so only a few
+(l x P) arrays exist at a time (a tree of per-chunk products held many more). Peak memory is therefore about ``chunks in flight * P +
+~6 * P * l + T * l`` floats, whatever the length of the movie. Products and the QR of the
+(P x l) bases run in float32 (the movie's precision; Householder QR is backward stable and
+the re-orthonormalisation after every product keeps the iteration well conditioned); the
+(T x l) QR and the final small SVD (via the l x l Gram matrix of ``B``, accumulated in
+float64 over pixel blocks) run in float64.
 
 ``frame_subsample = s > 1`` fits the spatial subspace on every s-th frame (``X[::s]``), then
 one more pass over *all* frames computes ``Y = X @ Vt.T`` and a Rayleigh-Ritz step
@@ -72,7 +75,7 @@ def randomized_svd(movie: Any, k: int, *, n_oversample: int = 10, n_iter: int = 
     T_fit, P = fit.shape[0], int(np.prod(fit.shape[1:]))
     l = min(int(k) + int(n_oversample), T_fit, P)
     rng = np.random.default_rng(seed)
-    omega_t = rng.standard_normal((l, P)).astype(np.float32)  # Omega.T, (l, P) for fast BLAS
+    omega_t = rng.standard_normal((l, P), dtype=np.float32)  # Omega.T, (l, P) for fast BLAS
 
     y, ss = _rows_times(fit, omega_t, compute, want_ss=True)
     tracker.done("range finder")
@@ -100,13 +103,13 @@ def randomized_svd(movie: Any, k: int, *, n_oversample: int = 10, n_iter: int = 
 # ----------------------------------------------------------------------------- input
 
 
-def _as_frames(movie: Any) -> da.Array:
+def _as_frames(movie: Any, where: str = "randomized_svd") -> da.Array:
     """Dask (T, ...) array with whole frames per chunk."""
     data = getattr(movie, "data", movie) if hasattr(movie, "dims") else movie  # xarray -> dask
     if isinstance(data, np.ndarray):
         data = da.from_array(data, chunks=(max(1, min(len(data), 256)),) + data.shape[1:])
     if not isinstance(data, da.Array) or data.ndim not in (2, 3):
-        raise ValueError(f"randomized_svd: movie must be a (frame, height, width) or (frame, pixel) "
+        raise ValueError(f"{where}: movie must be a (frame, height, width) or (frame, pixel) "
                          f"dask array, got {type(movie).__name__} of shape {getattr(movie, 'shape', None)}")
     return data.rechunk({i: -1 for i in range(1, data.ndim)})
 

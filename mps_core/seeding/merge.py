@@ -2,18 +2,23 @@
 
 Spatial merge (4c, :func:`spatial_merge`)
     The same cell usually appears in several NNDSVD components, so watershed yields several
-    near-identical regions for it.  Two regions are *linked* when their centroids are closer
+    near-identical regions for it.  Two regions *may merge* when their centroids are closer
     than ``distance`` px (strictly) and the larger area is at most ``size_ratio`` times the
-    smaller (a small region near a big one is a different thing, not a duplicate).  Linked
-    regions are merged by connected components of the link graph (what union-find computes;
-    a chain A-B-C merges even if A and C are not linked).  The link graph depends only on the
-    regions' centroids and areas, so the partition does not depend on the input order; the
-    output is then sorted canonically (by centroid y, x, area, component, bounding box, weight
-    sum) so the *result* does not either.  A merged region's mask is the union of its members'
-    masks and its weights their pixelwise MAXIMUM (not the sum: duplicates of one cell must not
-    double its brightness, and the max is exactly order-independent); its component id is the
-    one of the member with the largest weight sum (ties: smallest id).  Finally regions with
-    fewer than ``min_size`` pixels are dropped.
+    smaller (a small region near a big one is a different thing, not a duplicate).  Groups are
+    formed by *leader clustering* in a canonical order: regions are visited by decreasing
+    weight sum (ties: centroid y, x, area, component, bounding box); a region joins the
+    nearest already chosen leader it may merge with (ties: the stronger leader), otherwise it
+    becomes a leader itself.  Every member is therefore within ``distance`` of its group's
+    strongest region.  (Connected components of the link graph were used before; on real
+    NNDSVD output, whose later components hold many weak residual regions around and between
+    cells, their chains ran across the whole field and merged every cell into one region.)
+    The visiting order depends only on the regions' own values, so the partition does not
+    depend on the input order; the output is then sorted canonically (by centroid y, x, area,
+    component, bounding box, weight sum) so the *result* does not either.  A merged region's
+    mask is the union of its members' masks and its weights their pixelwise MAXIMUM (not the
+    sum: duplicates of one cell must not double its brightness, and the max is exactly
+    order-independent); its component id is the one of the member with the largest weight sum
+    (ties: smallest id).  Finally regions with fewer than ``min_size`` pixels are dropped.
 
 Temporal merge (4g, :func:`temporal_merge`)
     A cell split between two components gives two footprints that overlap and carry the same
@@ -38,7 +43,6 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from .extract import footprints_to_csr, normalise_rows
 from .watershed import Region, Regions
@@ -65,16 +69,40 @@ def link_groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- 4c
 
 
-def _spatial_links(regions: Regions, distance: float, size_ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    tree = cKDTree(regions.centroid)
-    pairs = tree.query_pairs(r=distance, output_type="ndarray")
-    if pairs.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    i, j = pairs[:, 0], pairs[:, 1]
-    dist = np.linalg.norm(regions.centroid[i] - regions.centroid[j], axis=1)
-    a_i, a_j = regions.area[i].astype(float), regions.area[j].astype(float)
-    ok = (dist < distance) & (np.maximum(a_i, a_j) <= size_ratio * np.minimum(a_i, a_j))
-    return i[ok], j[ok]
+def _leader_groups(regions: Regions, distance: float, size_ratio: float) -> np.ndarray:
+    """(n,) group label of each region by leader clustering in canonical order (docstring).
+
+    Leaders are kept in a grid of ``distance``-sized cells, so each region only looks at the
+    leaders of the 3 x 3 cells around it."""
+    n = len(regions)
+    cen, area = regions.centroid, regions.area.astype(np.float64)
+    mass = np.array([w.sum(dtype=np.float64) for w in regions.weights])
+    b = regions.bbox
+    order = np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], regions.component, area,
+                        cen[:, 1], cen[:, 0], -mass))
+    cell = np.floor(cen / distance).astype(np.int64)
+    grid: dict[tuple[int, int], list[int]] = {}
+    label = np.full(n, -1, np.int64)
+    rank = np.empty(n, np.int64)  # visiting rank of each leader (lower = stronger)
+    n_groups = 0
+    for r, i in enumerate(order):
+        best, best_d = -1, np.inf
+        cy, cx = cell[i]
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                for lead in grid.get((cy + dy, cx + dx), ()):
+                    d = float(np.hypot(*(cen[i] - cen[lead])))
+                    if d >= distance or max(area[i], area[lead]) > size_ratio * min(area[i], area[lead]):
+                        continue
+                    if d < best_d or (d == best_d and rank[lead] < rank[best]):
+                        best, best_d = lead, d
+        if best < 0:
+            label[i], rank[i] = n_groups, r
+            n_groups += 1
+            grid.setdefault((cy, cx), []).append(i)
+        else:
+            label[i] = label[best]
+    return label
 
 
 def _merge_members(regions: Regions, members: np.ndarray) -> tuple[int, Region]:
@@ -106,7 +134,7 @@ def spatial_merge(regions: Regions, *, distance: float, size_ratio: float = 5.0,
                   min_size: float = 0) -> Regions:
     """Merge near-duplicate regions and drop small ones (step 4c; see the module docstring).
 
-    ``distance`` px (centroids strictly closer are linked), ``size_ratio`` >= 1, ``min_size``
+    ``distance`` px (centroids strictly closer may merge), ``size_ratio`` >= 1, ``min_size``
     px.  The result is independent of the order of ``regions``.
     """
     if not distance > 0:
@@ -120,11 +148,11 @@ def spatial_merge(regions: Regions, *, distance: float, size_ratio: float = 5.0,
         return regions
     if not np.all(np.isfinite(regions.centroid)):
         raise ValueError("spatial_merge: some regions are empty (NaN centroid); drop them first")
-    i, j = _spatial_links(regions, distance, size_ratio)
-    lab = link_groups(n, i, j)
+    lab = _leader_groups(regions, distance, size_ratio)
     comps, regs = [], []
-    for g in range(int(lab.max()) + 1):
-        members = np.flatnonzero(lab == g)
+    by_group = np.argsort(lab, kind="stable")  # members of each group, in input order
+    for members in np.split(by_group, np.flatnonzero(np.diff(lab[by_group])) + 1):
+        members = np.sort(members)
         if members.size == 1:
             comps.append(int(regions.component[members[0]]))
             regs.append(regions.region(members[0]))

@@ -27,6 +27,22 @@ with its area and its weight-weighted centroid.
 :func:`search_parameters` (4a) tries every combination of candidate peak distances,
 thresholds and smoothing widths on a seeded sample of components and scores how much the
 resulting regions look like single plausible neurons (see its docstring for the objective).
+
+Dominance (:class:`TopTwo`, :func:`dominant_parts`).  Later NNDSVD components hold many weak
+residual regions around and between the cells that earlier components already represent
+(shape and brightness residuals, noise).  They are not new cells, and their masks spread over
+several cells, so merging them (steps 4c, 4g: a region overlapping a cell carries that cell's
+trace) would bloat cells and chain separate cells together.  A pixel ``p`` of a region of
+component ``c`` is *dominant* when ``W_c(p) >= min_dominance * max_{c' != c} W_c'(p)`` (the
+largest value any OTHER component takes there; component 0, the background, is not fed in).
+:func:`dominant_parts` keeps, of each region, the connected dominant part that holds its
+largest dominant value; a region with no dominant pixel (a residual lying on a cell another
+component holds) or whose part has fewer than ``min_region_size`` pixels is dropped.  A cell's
+region in the component that represents it best is dominant over the cell's body; a residual's
+mask is cut back to the gaps between cells, where it can no longer bridge two cells.  (Keeping
+the part around the region's own peak only, and dropping the region when that peak is not
+dominant, lost more touching cells on a dense synthetic field: 92 % vs 95 % found.)  :class:`TopTwo` accumulates, over batches of components, the
+per-pixel largest value, its component and the second largest value (two (h, w) maps).
 """
 
 from __future__ import annotations
@@ -42,7 +58,8 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
-__all__ = ["Region", "Regions", "segment_component", "segment_all", "search_parameters"]
+__all__ = ["Region", "Regions", "segment_component", "segment_all", "search_parameters",
+           "TopTwo", "dominant_parts"]
 
 # A boundary between two regions whose highest point reaches this fraction of the lower of the
 # two regions' peaks is not a valley between two cells but a cut through one (see
@@ -292,6 +309,68 @@ def segment_all(W: np.ndarray, *, min_distance: float, threshold_rel: float, sig
         regs.extend(r)
         comps.extend([int(cid)] * len(r))
     return Regions.build(W.shape[1:], comps, regs)
+
+
+# ----------------------------------------------------------------------------- dominance
+
+
+class TopTwo:
+    """Per-pixel largest value, its component id and the second largest value over
+    components fed in batches (module docstring, "Dominance")."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.best = np.zeros(shape, np.float32)
+        self.second = np.zeros(shape, np.float32)
+        self.best_id = np.full(shape, -1, np.int64)
+
+    def update(self, W: np.ndarray, component_ids: Sequence[int]) -> None:
+        """Add a batch ``W`` (k, height, width) of components labelled ``component_ids``."""
+        W = np.asarray(W, np.float32)
+        ids = np.asarray(component_ids, np.int64)
+        if W.ndim != 3 or W.shape[1:] != self.best.shape or ids.shape != (W.shape[0],):
+            raise ValueError(f"TopTwo.update: W must be (k, {self.best.shape[0]}, "
+                             f"{self.best.shape[1]}) with k component ids, got {W.shape}, {ids.shape}")
+        for cid, img in zip(ids, W):
+            higher = img > self.best
+            # the old best drops to second where the new one beats it, else img may be second
+            self.second = np.where(higher, self.best, np.maximum(self.second, img))
+            self.best = np.where(higher, img, self.best)
+            self.best_id = np.where(higher, cid, self.best_id)
+
+
+def dominant_parts(regions: Regions, top: TopTwo, min_dominance: float,
+                   min_region_size: float = 1) -> tuple[Regions, np.ndarray]:
+    """The dominant part of every region (module docstring, "Dominance").
+
+    Returns the new regions and, for each, the index of the region it came from.  With
+    ``min_dominance`` 0 every region is returned unchanged."""
+    if not min_dominance >= 0:
+        raise ValueError(f"dominant_parts: min_dominance must be >= 0, got {min_dominance!r}")
+    if min_dominance == 0:
+        return regions, np.arange(len(regions))
+    comps, regs, index = [], [], []
+    for i in range(len(regions)):
+        y0, x0, y1, x1 = (int(v) for v in regions.bbox[i])
+        w, m = regions.weights[i], regions.masks[i]
+        sl = (slice(y0, y1), slice(x0, x1))
+        mine = top.best_id[sl] == regions.component[i]
+        other = np.where(mine, top.second[sl], top.best[sl])
+        keep = m & (w >= min_dominance * other)
+        if not keep.any():
+            continue
+        py, px = np.unravel_index(int(np.argmax(np.where(keep, w, -np.inf))), w.shape)
+        pieces, _ = ndimage.label(keep)
+        keep = pieces == pieces[py, px]
+        if keep.sum() < max(min_region_size, 1):
+            continue
+        rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        crop = keep[r0:r1, c0:c1]
+        regs.append(Region((y0 + r0, x0 + c0, y0 + r1, x0 + c1), crop,
+                           np.where(crop, w[r0:r1, c0:c1], np.float32(0))))
+        comps.append(int(regions.component[i]))
+        index.append(i)
+    return Regions.build(regions.shape, comps, regs), np.asarray(index, np.int64)
 
 
 # ----------------------------------------------------------------------------- 4a search

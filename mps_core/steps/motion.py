@@ -152,10 +152,23 @@ def apply(p: ApplyParams, ctx, movie_filtered: xr.DataArray, shifts: xr.DataArra
     return {"movie": out}
 
 
+def _preview_applied(outputs, inputs, params) -> Figure:
+    from ..figures import ImagePanel
+
+    done, before = outputs["movie"], inputs["movie_filtered"]
+    n = done.sizes["frame"]
+    idx = np.unique(np.linspace(0, n - 1, min(n, 200)).astype(int))
+    frames = done.frame.values[idx]
+    after = np.asarray(done.data[idx]).mean(axis=0)
+    raw = np.asarray(before.sel(frame=frames).data).mean(axis=0)
+    return Figure("2e Apply transformation: mean of 200 frames (sharper = aligned)", [
+        ImagePanel("before correction", raw), ImagePanel("after correction", after)])
+
+
 STEP_2E = Step(
     id="2e", title="Apply transformation", stage="Preprocessing",
     summary="Applies the sub-pixel shifts to every kept frame and writes the motion-corrected "
             "movie (float32) once.",
     params=ApplyParams, inputs=("movie_filtered", "shifts", "motion_qc"), outputs=("movie",),
-    run=apply,
+    run=apply, previews=(Preview("std", "Before / after", _preview_applied),),
 )

@@ -3,21 +3,51 @@
 7a-7d only prepare the update (they do not change what footprints look like): dilation gives the
 update room around each footprint, clusters and their padded boxes split the field into local
 patches, and 7d suggests penalties from the data. 7e solves a non-negative LASSO per pixel from
-statistics streamed over all frames; 7f assembles, optionally smooths and validates the result.
+statistics streamed over all frames (one read of the movie); 7f assembles, optionally smooths
+and validates the result, and is quick to re-run because it only reads 7e's footprints (and the
+movie only when duplicates have to be merged).
 
-Only the declarations live here for now; every step has ``run=None``. Parameters with a
-``None`` default are derived from the expected cell diameter d (step 1, estimated from the data
-when null); "a cell's area" means pi * (d / 2) ** 2 pixels.
+7e and the background: the movie is modelled as ``A C + b f`` with f = ``f_init`` (4e). The
+background's spatial part b is re-estimated at every pixel of the boxes together with the
+footprints (unpenalised, non-negative), rather than held at ``b_init``: any background the
+initial rank-1 estimate missed (and each unit's constant baseline, which C no longer holds)
+is then taken up by b instead of leaking into the footprints. The re-estimated b is used only
+inside 7e; 8a keeps ``b_init``.
+
+The numerics live in :mod:`mps_core.cnmf.clusters` (7a-7c) and :mod:`mps_core.cnmf.spatial`
+(7e-7f); this module resolves parameters, checks inputs and stores results. Parameters with a
+``None`` default are derived from the expected cell diameter d (the ``cell_size`` output of 3a);
+"a cell's area" means pi * (d / 2) ** 2 pixels. Resolved values are stored with each result.
+
+Stored formats: ``A_dilated`` / ``A_updated`` / ``A_refined*`` footprints (unit_id, height,
+width) float32; ``clusters`` JSON {unit_id, cluster, ...}; ``cluster_bounds`` JSON {cluster, y0,
+y1, x0, x1 (half-open), ...}; ``spatial_suggestions`` JSON {values, reasons, measured};
+``C_refined`` traces (unit_id, frame).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import time
+from functools import partial
+from typing import Any, Literal
 
+import numpy as np
+import scipy.sparse as sp
+import xarray as xr
 from pydantic import model_validator
+from scipy.sparse.csgraph import connected_components
+from scipy.stats import norm
 
+from ..cnmf import clusters as cl
+from ..cnmf.spatial import (BoxFootprints, merge_boxes, plan_boxes, sufficient_statistics,
+                            update_footprints)
+from ..cnmf.yra import compute_yra
+from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..paramtypes import P, StepParams
-from ..registry import Step
+from ..registry import Preview, Step, StepError
+from . import sizes
+from .temporal import frame_coords, traces_array
 
 STAGE = "Spatial update"
 
@@ -123,26 +153,741 @@ class MergeValidateParams(StepParams):
                                      ge=0, le=1, advanced=True)
 
 
+
+# ----------------------------------------------------------------------------- shared helpers
+# (also used by step 8c; frame_coords and traces_array are 6a-6e's)
+
+
+def values(ctx, arr: Any, message: str) -> np.ndarray:
+    """The values of a DataArray (lazy or not) as numpy, read through ``ctx.compute``."""
+    data = getattr(arr, "data", arr)
+    if hasattr(data, "dask"):
+        (data,) = ctx.compute(data, message=message)
+    return np.asarray(data)
+
+
+def footprints_array(A: np.ndarray, unit_ids: Any, name: str, attrs: dict | None = None,
+                     unit_coords: dict | None = None) -> xr.DataArray:
+    """(unit_id, height, width) float32 footprints, chunked 64 units at a time for storage."""
+    A = np.asarray(A, np.float32)
+    n, H, W = A.shape
+    coords: dict[str, Any] = {"unit_id": np.asarray(unit_ids, np.int64).reshape(n),
+                              "height": np.arange(H), "width": np.arange(W)}
+    for key, v in (unit_coords or {}).items():
+        coords[key] = ("unit_id", np.asarray(v))
+    out = xr.DataArray(A, dims=("unit_id", "height", "width"), coords=coords, name=name,
+                       attrs=dict(attrs or {}))
+    return out.chunk({"unit_id": 64, "height": -1, "width": -1}) if n else out
+
+
+def aligned_traces(ctx, C: xr.DataArray, unit_ids: np.ndarray, what: str, step: str) -> np.ndarray:
+    """(n, T) float32 rows of ``C`` in the order of ``unit_ids``; StepError if any is missing."""
+    have = np.asarray(C.unit_id.values, np.int64)
+    missing = np.setdiff1d(unit_ids, have)
+    if missing.size:
+        raise StepError(f"step {step}: {what} has no trace for units {missing[:10].tolist()}; "
+                        f"its inputs come from different runs: rerun the earlier steps")
+    if not np.array_equal(have, unit_ids):
+        C = C.sel(unit_id=unit_ids)
+    return values(ctx, C, f"reading {what}").astype(np.float32, copy=False)
+
+
+def check_frames(step: str, movie: xr.DataArray, *arrays: tuple[str, Any]) -> None:
+    """StepError unless every array covers exactly the movie's frames."""
+    frames = np.asarray(movie.frame.values)
+    for what, arr in arrays:
+        if arr is None:
+            continue
+        other = np.asarray(arr.frame.values)
+        if other.shape != frames.shape or not np.array_equal(other, frames):
+            raise StepError(f"step {step}: {what} covers {other.size} frames but movie_cropped "
+                            f"{frames.size} (or different ones); rerun the steps after 3a")
+
+
+def require_units(n: int, what: str, step: str) -> None:
+    if n == 0:
+        raise StepError(f"step {step}: {what} holds no units; nothing to refine (relax the "
+                        f"filters of the earlier steps)")
+
+
+def diameter(cell_size: dict) -> float:
+    try:
+        return sizes.diameter(cell_size)
+    except (KeyError, TypeError, ValueError):
+        raise StepError("cell_size (step 3a) has no 'diameter_px'; rerun step 3a") from None
+
+
+def _attrs_json(d: dict) -> str:
+    return json.dumps(d, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
+
+
+def _max_image(A: xr.DataArray, units: int | None = None) -> np.ndarray:
+    """Maximum projection over (at most ``units``) footprints, for previews."""
+    if units is not None and A.sizes["unit_id"] > units:
+        A = A.isel(unit_id=slice(0, units))
+    if A.sizes["unit_id"] == 0:
+        return np.zeros((A.sizes["height"], A.sizes["width"]), np.float32)
+    return np.asarray(A.max("unit_id").values, np.float32)
+
+
+# ----------------------------------------------------------------------------- 7a
+
+
+def run_dilation(p: DilationParams, ctx, A_filtered: xr.DataArray, cell_size: dict) -> dict:
+    d = diameter(cell_size)
+    window = int(round(sizes.length(p.window, d, 0.3)))
+    require_units(A_filtered.sizes["unit_id"], "A_filtered", "7a")
+    attrs = {"window_px": window, "threshold": p.threshold,
+             "window_rule": "parameter" if p.window is not None else "0.3 x cell diameter",
+             "cell_diameter_px": d}
+    data = A_filtered.data
+    func = partial(_dilate_block, window=window, threshold=p.threshold)
+    if hasattr(data, "dask"):  # lazy, unit chunk by unit chunk (written in one pass)
+        data = data.rechunk({0: 64, 1: -1, 2: -1}).map_blocks(func, dtype=np.float32)
+        out = A_filtered.copy(data=data).astype(np.float32)
+        out.name = "A_dilated"
+        out.attrs = attrs
+        return {"A_dilated": out}
+    return {"A_dilated": footprints_array(func(np.asarray(data)), A_filtered.unit_id.values,
+                                          "A_dilated", attrs)}
+
+
+def _dilate_block(block: np.ndarray, window: int, threshold: float) -> np.ndarray:
+    return cl.dilate(block, window=window, threshold=threshold)
+
+
+def _preview_dilation(outputs, inputs, params) -> Figure:
+    before, after = inputs["A_filtered"], outputs["A_dilated"]
+    a, b = _max_image(before, 300), _max_image(after, 300)
+    area_a = np.asarray((before > 0).sum(("height", "width")).values)
+    area_b = np.asarray((after > 0).sum(("height", "width")).values)
+    return Figure("7a Dilation", [
+        ImagePanel("footprints before (max)", a), ImagePanel("pixels the update may use",
+                                                              (b > 0).astype(np.float32)),
+        HistPanel("footprint pixels per unit", {"before": area_a, "after dilation": area_b},
+                  xlabel="pixels"),
+        TextPanel("resolved", f"window: {after.attrs.get('window_px')} px "
+                              f"({after.attrs.get('window_rule')})\n"
+                              f"threshold: {after.attrs.get('threshold')}"),
+    ])
+
+
+# ----------------------------------------------------------------------------- 7b
+
+
+def run_clustering(p: ClusteringParams, ctx, A_dilated: xr.DataArray, cell_size: dict) -> dict:
+    d = diameter(cell_size)
+    max_distance = sizes.length(p.max_distance, d, 1.5)
+    min_area = int(round(sizes.area(p.min_area, d, 0.1, minimum=0)))
+    A = values(ctx, A_dilated, "reading footprints")
+    require_units(A.shape[0], "A_dilated", "7b")
+    labels = cl.cluster_units(A, max_cluster_size=p.max_cluster_size,
+                              overlap_threshold=p.overlap_threshold, max_distance=max_distance,
+                              min_area=min_area, min_intensity=p.min_intensity)
+    counts = np.bincount(labels)
+    return {"clusters": {
+        "unit_id": np.asarray(A_dilated.unit_id.values, np.int64).tolist(),
+        "cluster": labels.tolist(),
+        "n_clusters": int(counts.size),
+        "cluster_size_counts": {str(k): int(v) for k, v in
+                                zip(*np.unique(counts, return_counts=True))},
+        "resolved": {"max_cluster_size": p.max_cluster_size, "max_distance_px": max_distance,
+                     "overlap_threshold": p.overlap_threshold, "min_area_px": min_area,
+                     "min_intensity": p.min_intensity, "cell_diameter_px": d},
+    }}
+
+
+def cluster_labels(clusters: dict, unit_ids: np.ndarray, step: str) -> np.ndarray:
+    """Cluster label of every unit of ``unit_ids``, from the stored 7b result."""
+    try:
+        ids = np.asarray(clusters["unit_id"], np.int64)
+        labels = np.asarray(clusters["cluster"], np.int64)
+    except (KeyError, TypeError):
+        raise StepError(f"step {step}: the stored clusters (7b) are not readable; "
+                        f"rerun 7b") from None
+    if ids.shape != labels.shape or not np.array_equal(np.sort(ids), np.sort(unit_ids)):
+        raise StepError(f"step {step}: the clusters of step 7b are for other units than the "
+                        f"footprints of step 7a; rerun 7b and 7c")
+    order = {int(u): i for i, u in enumerate(ids)}
+    return labels[[order[int(u)] for u in unit_ids]]
+
+
+def _cluster_image(A: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per pixel, 1 + the cluster of the unit with the largest footprint value (0: none)."""
+    if A.shape[0] == 0:
+        return np.zeros(A.shape[1:], np.float32)
+    best = A.argmax(axis=0)
+    img = (labels[best] % 20 + 1).astype(np.float32)  # 20 colours cycle
+    return np.where(A.max(axis=0) > 0, img, 0)
+
+
+def _preview_clusters(outputs, inputs, params) -> Figure:
+    c = outputs["clusters"]
+    A = inputs["A_dilated"]
+    labels = cluster_labels(c, np.asarray(A.unit_id.values, np.int64), "7b")
+    counts = np.bincount(labels)
+    img = _cluster_image(np.asarray(A.values), labels)
+    r = c["resolved"]
+    return Figure("7b Clustering", [
+        ImagePanel("clusters (colour = cluster)", img, cmap="tab20"),
+        HistPanel("units per cluster", {"clusters": counts}, bins=max(1, int(counts.max()))),
+        TextPanel("resolved", f"units: {len(labels)}\nclusters: {c['n_clusters']}\n"
+                              f"max cluster size: {r['max_cluster_size']}\n"
+                              f"max distance: {r['max_distance_px']:.1f} px\n"
+                              f"overlap threshold: {r['overlap_threshold']}\n"
+                              f"min area: {r['min_area_px']} px²"),
+    ])
+
+
+# ----------------------------------------------------------------------------- 7c
+
+
+def run_bounds(p: BoundsParams, ctx, clusters: dict, A_dilated: xr.DataArray,
+               cell_size: dict) -> dict:
+    d = diameter(cell_size)
+    radius = int(round(sizes.length(p.dilation_radius, d, 1.0, minimum=0)))
+    padding = int(round(sizes.length(p.padding, d, 2.0, minimum=0)))
+    min_size = int(round(sizes.length(p.min_size, d, 4.0)))
+    A = values(ctx, A_dilated, "reading footprints")
+    require_units(A.shape[0], "A_dilated", "7c")
+    ids = np.asarray(A_dilated.unit_id.values, np.int64)
+    labels = cluster_labels(clusters, ids, "7c")
+    boxes = cl.cluster_boxes(A, labels, dilation_radius=radius, padding=padding,
+                             min_size=min_size, intensity_threshold=p.intensity_threshold)
+    y0, y1, x0, x1 = (np.array([b[i] for b in boxes], np.int64) for i in range(4))
+    H, W = A.shape[1:]
+    covered = np.zeros((H, W), bool)
+    for b in boxes:
+        covered[b[0]:b[1], b[2]:b[3]] = True
+    return {"cluster_bounds": {
+        "cluster": list(range(len(boxes))), "y0": y0.tolist(), "y1": y1.tolist(),
+        "x0": x0.tolist(), "x1": x1.tolist(),
+        "n_units": np.bincount(labels, minlength=len(boxes)).tolist(),
+        "frame_shape": [int(H), int(W)],
+        "fraction_of_frame_covered": float(covered.mean()),
+        "resolved": {"dilation_radius_px": radius, "padding_px": padding, "min_size_px": min_size,
+                     "intensity_threshold": p.intensity_threshold, "cell_diameter_px": d},
+    }}
+
+
+def stored_boxes(bounds: dict, n_clusters: int, step: str) -> list[tuple[int, int, int, int]]:
+    try:
+        boxes = list(zip(bounds["y0"], bounds["y1"], bounds["x0"], bounds["x1"]))
+    except (KeyError, TypeError):
+        raise StepError(f"step {step}: the stored cluster_bounds (7c) are not readable; rerun "
+                        f"7c") from None
+    if len(boxes) != n_clusters:
+        raise StepError(f"step {step}: step 7c stored {len(boxes)} boxes for {n_clusters} "
+                        f"clusters; rerun 7c after 7b")
+    return [tuple(int(v) for v in b) for b in boxes]
+
+
+def _box_outline(b) -> tuple[np.ndarray, np.ndarray, str]:
+    y0, y1, x0, x1 = b
+    ys = np.array([y0, y0, y1 - 1, y1 - 1, y0], float) - 0.5 + np.array([0, 0, 1, 1, 0])
+    xs = np.array([x0, x1 - 1, x1 - 1, x0, x0], float) - 0.5 + np.array([0, 1, 1, 0, 0])
+    return ys, xs, ""
+
+
+def _preview_bounds(outputs, inputs, params) -> Figure:
+    bnd = outputs["cluster_bounds"]
+    boxes = list(zip(bnd["y0"], bnd["y1"], bnd["x0"], bnd["x1"]))
+    img = _max_image(inputs["A_dilated"])
+    areas = np.array([(b[1] - b[0]) * (b[3] - b[2]) for b in boxes])
+    r = bnd["resolved"]
+    # at most 200 outlines keep the figure readable and quick
+    return Figure("7c Bounds", [
+        ImagePanel(f"cluster boxes ({len(boxes)})", img,
+                   outlines=[_box_outline(b) for b in boxes[:200]]),
+        HistPanel("box area", {"boxes": areas}, xlabel="pixels"),
+        TextPanel("resolved", f"dilation radius: {r['dilation_radius_px']} px\n"
+                              f"padding: {r['padding_px']} px\nmin size: {r['min_size_px']} px\n"
+                              f"intensity threshold: {r['intensity_threshold']}\n"
+                              f"frame covered: {100 * bnd['fraction_of_frame_covered']:.0f} %"),
+    ])
+
+
+# ----------------------------------------------------------------------------- 7d
+
+# expected number of noise-only pixels kept per footprint, per preference
+_FALSE_PIXELS = {"conservative": 0.1, "balanced": 0.5, "aggressive": 2.0}
+# min_std as a fraction of the median noise level
+_DEAD_FRACTION = {"conservative": 0.75, "balanced": 0.5, "aggressive": 0.25}
+# percentiles of the noise map the penalty clip starts at (low, high)
+_CLIP_PERCENTILES = {"conservative": (10.0, 99.9), "balanced": (2.0, 99.0),
+                     "aggressive": (0.5, 95.0)}
+# the update may use about this many times a footprint's own pixels (its dilated support)
+_DILATED_AREA_FACTOR = 2.5
+
+
+def run_suggestions(p: SpatialSuggestionParams, ctx, A_filtered: xr.DataArray,
+                    C_filtered: xr.DataArray, movie_cropped: xr.DataArray,
+                    noise: xr.DataArray) -> dict:
+    T = movie_cropped.sizes["frame"]
+    idx = np.unique(np.linspace(0, T - 1, min(p.sample_frames, T)).round().astype(np.int64))
+    # the streamed pixel sums of 7e's statistics, without any unit: one read of the sample
+    stats, _ = sufficient_statistics(
+        movie_cropped.data[idx], np.zeros((0, idx.size), np.float32), plans=[],
+        compute=lambda *c: ctx.compute(*c, message="7d: pixel std on a frame sample"))
+    std = stats.pixel_std.astype(np.float64)
+    sn = values(ctx, noise, "reading the noise map").astype(np.float64)
+    A = values(ctx, A_filtered, "reading footprints")
+    require_units(A.shape[0], "A_filtered", "7d")
+    if sn.shape != std.shape:
+        raise StepError(f"step 7d: the noise map is {sn.shape} but the movie's frames "
+                        f"{std.shape}; rerun 5a")
+    C = aligned_traces(ctx, C_filtered, np.asarray(A_filtered.unit_id.values, np.int64),
+                       "C_filtered", "7d")
+    out = suggest_spatial(std, sn, A, C, p.preference, p.suggest_min_std, p.suggest_penalties)
+    out["measured"]["frames_sampled"] = int(idx.size)
+    return {"spatial_suggestions": out}
+
+
+def suggest_spatial(std: np.ndarray, sn: np.ndarray, A: np.ndarray, C: np.ndarray,
+                    preference: str, with_min_std: bool = True,
+                    with_penalties: bool = True) -> dict:
+    """Suggested 7e values with reasons, from pixel std, noise map, footprints and traces.
+
+    * ``min_std``: a fraction (by preference) of the median noise level m: a live pixel's
+      temporal std is at least its noise, so pixels under it are dead or masked (outside a
+      circular crop, saturated) and can only add noise to footprints.
+    * ``penalty_scale`` z: a pixel is kept when its projection on the unit's trace exceeds z
+      noise standard deviations, so z sets how many noise-only pixels a footprint keeps. With
+      N candidate pixels per unit (about 2.5 x the median footprint area above 10 % of its
+      peak: the dilated support 7a gives the update), z = isf(k / N) of the normal law
+      keeps on average k noise pixels per unit
+      (k = 0.1 / 0.5 / 2 for conservative / balanced / aggressive).
+    * ``min_penalty`` / ``max_penalty`` (multiples of m): z times low / high percentiles of
+      the noise map of live pixels, so the clip only acts on the quietest and noisiest pixels.
+    Values are rounded to 3 significant digits; the rounded values are the ones stored and used.
+    """
+    sn = np.asarray(sn, np.float64)
+    std = np.asarray(std, np.float64)
+    m = float(np.median(sn))
+    if not m > 0:
+        raise StepError("step 7d: the median of the noise map (5a) is 0; check step 5a")
+    frac = _DEAD_FRACTION[preference]
+    min_std = _round3(frac * m)
+    live = std >= min_std
+    dead = int((~live).sum())
+    # a footprint's pixels as 7a counts them (above 10 % of its peak; tails left out)
+    flat = A.reshape(A.shape[0], -1)
+    areas = (flat > 0.1 * flat.max(axis=1, keepdims=True)).sum(axis=1)
+    area = float(np.median(areas))
+    candidates = max(_DILATED_AREA_FACTOR * area, 2.0)
+    k = _FALSE_PIXELS[preference]
+    z = _round3(float(np.clip(norm.isf(min(k / candidates, 0.5)), 0.5, 6.0)))
+    lo_pct, hi_pct = _CLIP_PERCENTILES[preference]
+    live_sn = sn[live] if live.any() else sn.ravel()
+    q_lo, q_hi = (float(v) for v in np.percentile(live_sn, [lo_pct, hi_pct]))
+    min_pen = _round3(z * q_lo / m)
+    max_pen = max(_round3(z * q_hi / m), min_pen)
+    # what z means for a typical unit: the faintest footprint value kept, relative to its peak
+    norms = np.linalg.norm(np.asarray(C, np.float64), axis=1)
+    peaks = A.reshape(A.shape[0], -1).max(axis=1)
+    ok = (norms > 0) & (peaks > 0)
+    faint = float(np.median(z * m / norms[ok] / peaks[ok])) if ok.any() else float("nan")
+    vals: dict[str, float] = {}
+    reasons: dict[str, str] = {}
+    if with_min_std:
+        vals["min_std"] = min_std
+        reasons["min_std"] = (
+            f"{frac:g} x the median noise level ({m:.3g}): {dead} pixels "
+            f"({100 * dead / std.size:.1f} %) vary less than that over the sampled frames, which "
+            f"no live pixel does (its variation is at least its noise); they are dead or masked "
+            f"and are left out of the update.")
+    if with_penalties:
+        vals.update(penalty_scale=z, min_penalty=min_pen, max_penalty=max_pen)
+        reasons["penalty_scale"] = (
+            f"footprints have a median of {area:.0f} pixels, so the update sees about "
+            f"{candidates:.0f} candidate pixels per unit; a threshold of {z:g} noise standard "
+            f"deviations keeps on average {k:g} noise-only pixels per unit ({preference}). For "
+            f"the median unit the faintest pixel kept is about {100 * faint:.0f} % of its peak.")
+        reasons["min_penalty"] = (
+            f"{z:g} x percentile {lo_pct:g} of the noise map ({q_lo:.3g}) / its median: "
+            f"only pixels quieter than that get a raised penalty.")
+        reasons["max_penalty"] = (
+            f"{z:g} x percentile {hi_pct:g} of the noise map ({q_hi:.3g}) / its median: "
+            f"only pixels noisier than that get a capped penalty.")
+    hist, edges = np.histogram(std[np.isfinite(std)], bins=50)
+    return {
+        "values": vals, "reasons": reasons, "preference": preference,
+        "measured": {
+            "median_noise": m, "noise_percentiles": {str(lo_pct): q_lo, str(hi_pct): q_hi},
+            "median_footprint_area_px": area, "dead_pixels": dead,
+            "pixel_std_median": float(np.median(std)),
+            "pixel_std_histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
+        },
+    }
+
+
+def _round3(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def _preview_suggestions(outputs, inputs, params) -> Figure:
+    s = outputs["spatial_suggestions"]
+    h = s["measured"]["pixel_std_histogram"]
+    edges = np.asarray(h["edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    lines = [f"preference: {s['preference']}"]
+    for key, v in s["values"].items():
+        lines.append(f"{key} = {v:g}")
+        lines.append("  " + _wrap(s["reasons"][key], 70, "  "))
+    marks = np.array([s["values"]["min_std"]]) if "min_std" in s["values"] else None
+    return Figure("7d Spatial parameter suggestions", [
+        LinePanel("pixel std over sampled frames", centres, {"pixels": np.asarray(h["counts"])},
+                  xlabel="std", ylabel="pixels", marks=marks),
+        TextPanel("suggestions (used by 7e when use_suggestions is on)", "\n".join(lines)),
+    ])
+
+
+def _wrap(text: str, width: int, indent: str) -> str:
+    import textwrap
+
+    return ("\n" + indent).join(textwrap.wrap(text, width))
+
+
+# ----------------------------------------------------------------------------- 7e
+
+_UPDATE_KEYS = ("penalty_scale", "min_penalty", "max_penalty", "min_std")
+
+
+def update_values(p: SpatialUpdateParams, suggestions: dict | None) -> dict[str, Any]:
+    """The penalty values 7e uses: its own, or 7d's stored suggestions (exactly as shown)."""
+    used: dict[str, Any] = {k: getattr(p, k) for k in _UPDATE_KEYS}
+    source = dict.fromkeys(_UPDATE_KEYS, "parameter")
+    if p.use_suggestions:
+        if not suggestions or not isinstance(suggestions.get("values"), dict):
+            raise StepError("use_suggestions is on but step 7d has no stored suggestions; run "
+                            "7d first or turn use_suggestions off")
+        for k, v in suggestions["values"].items():
+            if k in used:
+                used[k], source[k] = float(v), "7d suggestion"
+    if used["min_penalty"] > used["max_penalty"]:
+        raise StepError(f"min_penalty ({used['min_penalty']}) exceeds max_penalty "
+                        f"({used['max_penalty']}); fix the values of 7e (or of 7d's suggestions)")
+    return {**used, "source": source}
+
+
+def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered: xr.DataArray,
+               clusters: dict, cluster_bounds: dict, movie_cropped: xr.DataArray,
+               noise: xr.DataArray, b_init: xr.DataArray, f_init: xr.DataArray,
+               spatial_suggestions: dict | None = None) -> dict:
+    used = update_values(p, spatial_suggestions)
+    ids = np.asarray(A_dilated.unit_id.values, np.int64)
+    require_units(ids.size, "A_dilated", "7e")
+    check_frames("7e", movie_cropped, ("C_filtered", C_filtered), ("f_init", f_init))
+    A = values(ctx, A_dilated, "reading footprints").astype(np.float32, copy=False)
+    H, W = A.shape[1:]
+    if (movie_cropped.sizes["height"], movie_cropped.sizes["width"]) != (H, W):
+        raise StepError(f"step 7e: footprints are {H}x{W} but movie_cropped is "
+                        f"{movie_cropped.sizes['height']}x{movie_cropped.sizes['width']}; rerun "
+                        f"the steps after 3a")
+    C = aligned_traces(ctx, C_filtered, ids, "C_filtered", "7e")
+    labels = cluster_labels(clusters, ids, "7e")
+    boxes = stored_boxes(cluster_bounds, int(labels.max()) + 1, "7e")
+    sn = values(ctx, noise, "reading the noise map").astype(np.float32, copy=False)
+    b = values(ctx, b_init, "reading the background").astype(np.float32, copy=False)
+    f = values(ctx, f_init, "reading the background trace").astype(np.float32, copy=False)
+    for what, arr in (("noise", sn), ("b_init", b)):
+        if arr.shape != (H, W):
+            raise StepError(f"step 7e: {what} is {arr.shape} but the footprints {H}x{W}")
+    try:
+        plans = plan_boxes(A, labels, boxes)
+    except ValueError as e:
+        raise StepError(f"step 7e: {e}; rerun 7c") from None
+    t0 = time.perf_counter()
+    YC, CC = sufficient_statistics(
+        movie_cropped, C, f=f, plans=plans, chunk_frames=p.chunk_frames or None,
+        compute=lambda *c: ctx.compute(*c, message="7e: statistics over all frames"))
+    t_stats = time.perf_counter() - t0
+
+    def on_plan(done: int, total: int) -> None:
+        ctx.check_cancel()  # between clusters: a cancel is honoured within one cluster's solve
+        ctx.progress(done / total, f"7e: updating cluster {done}/{total}")
+
+    t0 = time.perf_counter()
+    # b=None: the background's spatial part is re-estimated with the footprints (module doc)
+    results = update_footprints(
+        YC, CC, A, sn, b=None,
+        penalty_scale=used["penalty_scale"], min_penalty=used["min_penalty"],
+        max_penalty=used["max_penalty"], min_std=used["min_std"], on_plan=on_plan)
+    t_solve = time.perf_counter() - t0
+    out = np.zeros((ids.size, H * W), np.float32)
+    for r in results:
+        out[r.units[:, None], r.pixels[None, :]] = r.values
+    empty = ids[out.max(axis=1) <= 0]
+    bg = [r.background for r in results if r.background is not None and r.background.size]
+    report = {
+        **{k: used[k] for k in _UPDATE_KEYS}, "source": used["source"],
+        "background": "re-estimated in the boxes (b x f_init)",
+        "background_median_in_boxes": float(np.median(np.concatenate(bg))) if bg else None,
+        "n_units": int(ids.size), "n_clusters": len(plans),
+        "pixels_solved": int(sum(pl.pixels.size for pl in plans)),
+        "unknowns": int(sum(int(pl.support.sum()) for pl in plans)),
+        "n_frames": int(YC.n_frames), "empty_units": empty.tolist(),
+        "seconds_statistics": round(t_stats, 3), "seconds_solve": round(t_solve, 3),
+    }
+    if empty.size:
+        ctx.warn(f"{empty.size} units have an empty footprint after the update (dropped by 7f)")
+    return {"A_updated": footprints_array(
+        out.reshape(ids.size, H, W), ids, "A_updated", {"report": _attrs_json(report)},
+        unit_coords={"cluster": labels})}
+
+
+def _report(arr: xr.DataArray) -> dict:
+    try:
+        return json.loads(arr.attrs.get("report", "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _sample_units(n: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int)) if n else \
+        np.zeros(0, int)
+
+
+def _preview_update(outputs, inputs, params) -> Figure:
+    new, old = outputs["A_updated"], inputs["A_dilated"]
+    r = _report(new)
+    text = "\n".join([f"units: {r.get('n_units')}  clusters: {r.get('n_clusters')}",
+                      f"pixels solved: {r.get('pixels_solved')}",
+                      f"penalty_scale {r.get('penalty_scale')}, min {r.get('min_penalty')}, "
+                      f"max {r.get('max_penalty')}, min_std {r.get('min_std')}",
+                      f"values from: {sorted(set((r.get('source') or {}).values()))}",
+                      f"background: {r.get('background')}",
+                      f"empty after update: {len(r.get('empty_units', []))}",
+                      f"time: statistics {r.get('seconds_statistics')} s, "
+                      f"solve {r.get('seconds_solve')} s"])
+    area_old = np.asarray((old > 0).sum(("height", "width")).values)
+    area_new = np.asarray((new > 0).sum(("height", "width")).values)
+    return Figure("7e Spatial update", [
+        ImagePanel("before (dilated, max)", _max_image(old)),
+        ImagePanel("after update (max)", _max_image(new)),
+        HistPanel("footprint pixels per unit", {"before": area_old, "after": area_new},
+                  xlabel="pixels"),
+        TextPanel("summary", text),
+    ])
+
+
+# ----------------------------------------------------------------------------- 7f
+
+
+def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: xr.DataArray,
+              cell_size: dict, movie_cropped: xr.DataArray, b_init: xr.DataArray,
+              f_init: xr.DataArray) -> dict:
+    d = diameter(cell_size)
+    sigma = sizes.length(p.smoothing_sigma, d, 0.1, minimum=0.5)
+    ids = np.asarray(A_updated.unit_id.values, np.int64)
+    require_units(ids.size, "A_updated", "7f")
+    A = values(ctx, A_updated, "reading footprints").astype(np.float32, copy=False)
+    C = aligned_traces(ctx, C_filtered, ids, "C_filtered", "7f")
+    n, H, W = A.shape
+    nonempty = A.reshape(n, -1).max(axis=1) > 0
+    dropped_empty = ids[~nonempty].tolist()
+    rows = np.flatnonzero(nonempty)
+    groups = find_duplicates(A[rows], C[rows], p.duplicate_overlap, p.duplicate_correlation)
+    A_m, C_m, keep_rows, merged = merge_duplicates(A[rows], C[rows], groups)
+    kept_ids = ids[rows][keep_rows]
+    if kept_ids.size == 0:
+        raise StepError("step 7f: every footprint is empty after the spatial update; lower "
+                        "7e's penalty_scale or min_std")
+    labels = (np.asarray(A_updated["cluster"].values, np.int64)[rows][keep_rows]
+              if "cluster" in A_updated.coords else np.arange(kept_ids.size))
+    smooth = p.smoothing or p.keep_both_versions
+    res = merge_boxes(_box_results(A_m, labels), (H, W), kept_ids.size,
+                      sigma=sigma if smooth else None)
+    # every unit is non-empty here, so merge_boxes keeps all of them, in order
+    raw, smoothed = res.raw, res.smoothed
+    final = smoothed if p.smoothing else raw
+    C_out = C_m
+    groups_report = [{"kept": int(ids[rows][g[0]]), "absorbed": ids[rows][g[1:]].tolist()}
+                     for g in merged]
+    if merged:
+        C_out = _recompute_merged(ctx, final, C_m, [np.flatnonzero(keep_rows == g[0])[0]
+                                                     for g in merged],
+                                  movie_cropped, b_init, f_init)
+    report = {"dropped_empty": dropped_empty, "merged_duplicates": groups_report,
+              "n_in": int(n), "n_out": int(kept_ids.size), "smoothing": p.smoothing,
+              "smoothing_sigma_px": sigma if smooth else None,
+              "duplicate_overlap": p.duplicate_overlap,
+              "duplicate_correlation": p.duplicate_correlation,
+              "handle_overlaps": p.handle_overlaps,
+              "note": "each unit is solved in exactly one cluster box (7b partitions the units), "
+                      "so no pixel is claimed by several boxes"}
+    attrs = {"report": _attrs_json(report)}
+    empty_smoothed = np.zeros((0, H, W), np.float32)
+    return {
+        "A_refined": footprints_array(final, kept_ids, "A_refined",
+                                      {**attrs, "smoothed": int(p.smoothing)}),
+        # smoothing off: the smoothed copy to compare with; on: the same as A_refined
+        "A_refined_smoothed": footprints_array(
+            smoothed if smooth else empty_smoothed, kept_ids if smooth else [],
+            "A_refined_smoothed", {**attrs, "kept": int(smooth)}),
+        "C_refined": traces_array(C_out, kept_ids, frame_coords(C_filtered),
+                                  "C_refined").assign_attrs(attrs),
+    }
+
+
+def find_duplicates(A: np.ndarray, C: np.ndarray, overlap: float,
+                    correlation: float) -> list[np.ndarray]:
+    """Groups (row indices, sorted, size >= 2) of duplicate units.
+
+    Two units are duplicates when the pixels above 10 % of their peak (a footprint's pixels,
+    ignoring the faint tails the LASSO leaves) share more than ``overlap`` of the smaller
+    set AND their traces correlate above ``correlation``. Groups are connected components of
+    that relation.
+    """
+    n = A.shape[0]
+    if n < 2:
+        return []
+    flat = A.reshape(n, -1)
+    peaks = flat.max(axis=1, keepdims=True)
+    S = sp.csr_matrix((flat > 0.1 * peaks).astype(np.float32))
+    area = np.asarray(S.sum(axis=1)).ravel()
+    inter = sp.triu(S @ S.T, k=1).tocoo()
+    i, j, shared = inter.row, inter.col, inter.data
+    ok = shared > overlap * np.minimum(area[i], area[j])
+    i, j = i[ok], j[ok]
+    if i.size == 0:
+        return []
+    r = np.array([_corr(C[a], C[b]) for a, b in zip(i, j)])
+    ok = r > correlation
+    i, j = i[ok], j[ok]
+    if i.size == 0:
+        return []
+    graph = sp.coo_matrix((np.ones(i.size), (i, j)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    sizes_ = np.bincount(comp)
+    return [np.flatnonzero(comp == c) for c in np.flatnonzero(sizes_ >= 2)]
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    x = np.asarray(x, np.float64) - np.mean(x)
+    y = np.asarray(y, np.float64) - np.mean(y)
+    den = np.sqrt((x @ x) * (y @ y))
+    return float(x @ y / den) if den > 0 else 0.0
+
+
+def merge_duplicates(A: np.ndarray, C: np.ndarray, groups: list[np.ndarray]):
+    """Merge each group into its first (smallest-id) unit.
+
+    The merged footprint is ``sum_i a_i ||c_i|| / ||c_first||``: with proportional traces the
+    merged unit times the first trace reproduces the sum of the group's contributions. Returns
+    (footprints, traces, kept row indices, the groups actually merged). Traces of merged units
+    are placeholders here (the first unit's); the caller recomputes them from the movie.
+    """
+    A = A.copy()
+    keep = np.ones(A.shape[0], bool)
+    norms = np.linalg.norm(np.asarray(C, np.float64), axis=1)
+    for g in groups:
+        first = g[0]
+        w = norms[g] / norms[first] if norms[first] > 0 else np.ones(g.size)
+        A[first] = np.tensordot(w, A[g].astype(np.float64), axes=1).astype(np.float32)
+        keep[g[1:]] = False
+    rows = np.flatnonzero(keep)
+    return A[rows], C[rows], rows, list(groups)
+
+
+def _box_results(A: np.ndarray, labels: np.ndarray) -> list[BoxFootprints]:
+    """One `BoxFootprints` per cluster: its units' values on the pixels any of them uses."""
+    n, H, W = A.shape
+    flat = A.reshape(n, -1)
+    out = []
+    for k in np.unique(labels):
+        units = np.flatnonzero(labels == k)
+        pixels = np.flatnonzero((flat[units] > 0).any(axis=0))
+        if pixels.size == 0:
+            continue
+        ys, xs = np.divmod(pixels, W)
+        box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+        out.append(BoxFootprints(box, units.astype(np.int64), pixels.astype(np.int64),
+                                 flat[units][:, pixels], None))
+    return out
+
+
+def _recompute_merged(ctx, A: np.ndarray, C: np.ndarray, merged_rows: list[int],
+                      movie: xr.DataArray, b_init: xr.DataArray,
+                      f_init: xr.DataArray) -> np.ndarray:
+    """Traces of the merged units recomputed from the movie (their YrA under the new footprint).
+
+    Only the merged units and the units overlapping them are projected (a unit's YrA depends
+    only on the footprints that overlap its own), in one pass over the movie.
+    """
+    check_frames("7f", movie, ("f_init", f_init))
+    if movie.sizes["frame"] != C.shape[1]:
+        raise StepError(f"step 7f: C_filtered has {C.shape[1]} frames but movie_cropped "
+                        f"{movie.sizes['frame']}; rerun the steps after 3a")
+    n = A.shape[0]
+    S = sp.csr_matrix((A.reshape(n, -1) > 0).astype(np.float32))
+    touch = np.asarray((S @ S[merged_rows].T).sum(axis=1)).ravel() > 0
+    sub = np.flatnonzero(touch)
+    Asub = sp.csr_matrix(A.reshape(n, -1)[sub])
+    b = values(ctx, b_init, "reading the background").astype(np.float32, copy=False)
+    f = values(ctx, f_init, "reading the background trace").astype(np.float32, copy=False)
+    yra = compute_yra(movie, Asub, C[sub], b=b, f=f,
+                      compute=lambda *c: ctx.compute(*c, message="7f: traces of merged units"))
+    out = C.copy()
+    pos = {int(u): i for i, u in enumerate(sub)}
+    for r in merged_rows:
+        out[r] = yra[pos[int(r)]]
+    return out
+
+
+def _preview_merge(outputs, inputs, params) -> Figure:
+    ref, sm = outputs["A_refined"], outputs["A_refined_smoothed"]
+    r = _report(ref)
+    merged = r.get("merged_duplicates", [])
+    text = "\n".join([f"units in: {r.get('n_in')}  out: {r.get('n_out')}",
+                      f"dropped (empty footprint): {len(r.get('dropped_empty', []))} "
+                      f"{r.get('dropped_empty', [])[:12]}",
+                      f"duplicate groups merged: {len(merged)}"]
+                     + [f"  {g['kept']} <- {g['absorbed']}" for g in merged[:12]]
+                     + [f"smoothing: {r.get('smoothing')} (sigma {r.get('smoothing_sigma_px')} "
+                        f"px)"])
+    smoothed = bool(ref.attrs.get("smoothed"))
+    panels = [ImagePanel(f"{'smoothed' if smoothed else 'raw'} footprints passed to step 8 "
+                         f"(max)", _max_image(ref))]
+    if sm.sizes["unit_id"] and not smoothed:
+        panels.append(ImagePanel("smoothed footprints (max)", _max_image(sm)))
+    C = outputs["C_refined"]
+    if C.sizes["unit_id"]:
+        pick = _sample_units(C.sizes["unit_id"], 4)
+        sub = np.asarray(C.isel(unit_id=pick).values)
+        x = np.asarray(C.frame.values)
+        panels.append(LinePanel("C_refined (4 units)", x,
+                                {f"unit {int(C.unit_id[i])}": s for i, s in zip(pick, sub)},
+                                xlabel="original frame"))
+    panels.append(TextPanel("merge and validation", text))
+    return Figure("7f Merge and validate", panels)
+
+
+# ----------------------------------------------------------------------------- declarations
+
 STEP_7A = Step(
     id="7a", title="Dilation", stage=STAGE,
     summary="Expands each footprint by a small radius so the spatial update has room around it. "
             "Footprints are not otherwise changed.",
-    params=DilationParams, inputs=("A_filtered",), outputs=("A_dilated",), run=None, previews=(),
+    params=DilationParams, inputs=("A_filtered", "cell_size"), outputs=("A_dilated",),
+    run=run_dilation, previews=(Preview("dilation", "Before / after", _preview_dilation),),
 )
 
 STEP_7B = Step(
     id="7b", title="Clustering", stage=STAGE,
     summary="Groups nearby or overlapping units into small clusters that are updated together; "
             "every unit belongs to exactly one cluster.",
-    params=ClusteringParams, inputs=("A_dilated",), outputs=("clusters",), run=None, previews=(),
+    params=ClusteringParams, inputs=("A_dilated", "cell_size"), outputs=("clusters",),
+    run=run_clustering, previews=(Preview("clusters", "Clusters", _preview_clusters),),
 )
 
 STEP_7C = Step(
     id="7c", title="Bounds", stage=STAGE,
     summary="Computes a padded bounding box per cluster; the spatial update works only on the "
             "pixels inside it.",
-    params=BoundsParams, inputs=("clusters", "A_dilated"), outputs=("cluster_bounds",),
-    run=None, previews=(),
+    params=BoundsParams, inputs=("clusters", "A_dilated", "cell_size"),
+    outputs=("cluster_bounds",), run=run_bounds,
+    previews=(Preview("boxes", "Cluster boxes", _preview_bounds),),
 )
 
 STEP_7D = Step(
@@ -151,7 +896,8 @@ STEP_7D = Step(
             "the data, with the reason for each. Treat them as a starting point.",
     params=SpatialSuggestionParams,
     inputs=("A_filtered", "C_filtered", "movie_cropped", "noise"),
-    outputs=("spatial_suggestions",), run=None, previews=(),
+    outputs=("spatial_suggestions",), run=run_suggestions,
+    previews=(Preview("suggestions", "Suggestions", _preview_suggestions),),
 )
 
 STEP_7E = Step(
@@ -162,13 +908,17 @@ STEP_7E = Step(
     params=SpatialUpdateParams,
     inputs=("A_dilated", "C_filtered", "clusters", "cluster_bounds", "movie_cropped", "noise",
             "b_init", "f_init"),
-    optional_inputs=("spatial_suggestions",), outputs=("A_updated",), run=None, previews=(),
+    optional_inputs=("spatial_suggestions",), outputs=("A_updated",), run=run_update,
+    previews=(Preview("update", "Before / after", _preview_update),),
 )
 
 STEP_7F = Step(
     id="7f", title="Merge and validate", stage=STAGE,
     summary="Combines the per-cluster footprints, resolves overlapping boxes, optionally smooths, "
             "drops empty footprints and merges duplicates. Quick to re-run without redoing 7e.",
-    params=MergeValidateParams, inputs=("A_updated", "C_filtered"),
-    outputs=("A_refined", "A_refined_smoothed", "C_refined"), run=None, previews=(),
+    params=MergeValidateParams,
+    # the movie and background are read only when duplicates are merged (their traces)
+    inputs=("A_updated", "C_filtered", "cell_size", "movie_cropped", "b_init", "f_init"),
+    outputs=("A_refined", "A_refined_smoothed", "C_refined"), run=run_merge,
+    previews=(Preview("merge", "Merge and validation", _preview_merge),),
 )

@@ -1,0 +1,52 @@
+"""The `mps` command: listing, one-line errors, exit codes."""
+
+import subprocess
+import sys
+
+from mps_core.cli import main
+from mps_core.steps import STEPS
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mps_core.cli", *args],
+                          capture_output=True, text=True)
+
+
+def test_steps_lists_every_step_and_what_is_implemented(capsys):
+    assert main(["steps"]) == 0
+    out = capsys.readouterr().out
+    for s in STEPS:
+        assert f"{s.id:<4}{s.title}" in out
+    assert "2a  File loading" in out and "not implemented yet" in out
+
+
+def test_missing_input_folder_is_one_line(tmp_path):
+    r = run("run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unimplemented_range_refused_before_running(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    r = run("run", "--input", str(inp), "--output", str(tmp_path / "out"), "--from", "2a")
+    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    assert not (tmp_path / "out" / "steps" / "2a").exists()
+
+
+def test_failed_step_names_log_and_exits_1(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "notes.txt").write_text("no videos here")
+    r = run("run", "--input", str(inp), "--output", str(tmp_path / "out"), "--to", "2a", "--quiet")
+    assert r.returncode == 1
+    assert "step 2a (File loading) failed" in r.stderr and "log:" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "out" / "steps" / "2a.failed.json").exists()
+
+
+def test_bad_override_is_reported(tmp_path):
+    r = run("run", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+            "--set", "2b.median_ksize=4")
+    assert r.returncode == 2 and "median_ksize" in r.stderr and "odd" in r.stderr
