@@ -85,5 +85,16 @@ def _summary(session: Path, rec, last: str) -> None:
         v = store.load("2f", "validation")
         print(f"  corrected movie: {v['shape'][0]} frames of {v['shape'][1]}x{v['shape'][2]}, "
               f"NaN {v['nan']}, Inf {v['inf']}")
-    print(f"  steps after {last} are not implemented yet in this version (see `mps steps`)")
+    export = store.step_dir("8c") / "export"
+    if (export / "A.npy").exists():
+        from .truth import motion_offset, score
+
+        frames = np.load(export / "frames.npy").astype(int)
+        offset = motion_offset(np.load(export / "motion.npy"), rec.shifts[frames])
+        sc = score(np.load(export / "A.npy"), np.load(export / "C.npy"), rec.footprints,
+                   rec.calcium[:, frames], offset=offset)
+        print(f"  cells: {sc.line()}")
+        print(f"  exports (NumPy, zarr, JSON, ...): {export}")
+    if last != "8c":
+        print(f"  steps after {last} are not implemented yet in this version (see `mps steps`)")
     print(f"  results, previews (PNG) and manifests: {session / 'steps'}")

@@ -177,7 +177,7 @@ class Runner:
             manifest = {
                 "step": step.id, "title": step.title, "run_id": run.run_id, "status": "done",
                 "params": params.model_dump(mode="json"), "inputs": fingerprints,
-                "outputs": {n: p.name for n in outputs for p in run.tmp.glob(f"{n}.*")},
+                "outputs": {n: run.path_of(n).name for n in outputs},
                 "versions": library_versions(), "started": now_iso_from(t0),
                 "duration_s": round(time.time() - t0, 3), "finished_time": time.time(),
                 "warnings": ctx.warnings,

@@ -36,6 +36,7 @@ SESSION_FILE = "mps_session.json"
 SESSION_FORMAT = "mps-session"
 SESSION_VERSION = 1
 REMOVED_FILE = "all_removed_frames.txt"
+STORED_SUFFIXES = (".zarr", ".json", ".txt")
 
 
 class StoreError(RuntimeError):
@@ -88,9 +89,18 @@ class StepRun:
             self.path_for(name, ".json").write_text(json.dumps(value, indent=1, default=_jsonable))
         return None
 
+    def path_of(self, name: str) -> Path:
+        """Where output `name` was stored (only the store's own kinds: files a step writes
+        itself, such as exports, may share the name)."""
+        for suffix in STORED_SUFFIXES:
+            p = self.path_for(name, suffix)
+            if p.exists():
+                return p
+        raise StoreError(f"step {self.step_id} wrote no output '{name}'")
+
     def load(self, name: str) -> Any:
         """Read back an output written in this run (previews draw from what was stored)."""
-        return load_path(next(self.tmp.glob(f"{name}.*")))
+        return load_path(self.path_of(name))
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_jsonable))

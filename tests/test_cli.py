@@ -17,7 +17,10 @@ def test_steps_lists_every_step_and_what_is_implemented(capsys):
     out = capsys.readouterr().out
     for s in STEPS:
         assert f"{s.id:<4}{s.title}" in out
-    assert "2a  File loading" in out and "not implemented yet" in out
+    assert "2a  File loading" in out
+    for s in STEPS:
+        line = next(x for x in out.splitlines() if x.strip().startswith(f"{s.id} "))
+        assert line.rstrip().endswith("implemented" if s.implemented else "not implemented yet")
 
 
 def test_missing_input_folder_is_one_line(tmp_path):
@@ -27,12 +30,12 @@ def test_missing_input_folder_is_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_unimplemented_range_refused_before_running(tmp_path):
+def test_resume_without_inputs_refused_before_running(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
-    r = run("run", "--input", str(inp), "--output", str(tmp_path / "out"), "--from", "2a")
-    assert r.returncode == 2 and "not implemented yet" in r.stderr
-    assert not (tmp_path / "out" / "steps" / "2a").exists()
+    r = run("run", "--input", str(inp), "--output", str(tmp_path / "out"), "--from", "2c")
+    assert r.returncode == 2 and "needs 'movie_filtered' from step 2b" in r.stderr
+    assert not (tmp_path / "out" / "steps" / "2c").exists()
 
 
 def test_failed_step_names_log_and_exits_1(tmp_path):

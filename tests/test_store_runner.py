@@ -166,6 +166,10 @@ def test_plan_errors_before_anything_runs(session):
     with pytest.raises(PlanError, match="unknown step 'zz'"):
         r.plan(start="zz")
     assert not (store.step_dir("a")).exists()
+    from mps_core.registry import SimpleContext, StepNotImplemented
+
+    with pytest.raises(StepNotImplemented, match="step d .Later. is not implemented yet"):
+        STEPS[-1](StepParams(), SimpleContext())
 
 
 def test_resume_from_middle_uses_stored_inputs(session):

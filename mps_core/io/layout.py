@@ -120,7 +120,10 @@ def detect_layout(folder: str | os.PathLike) -> Layout:
 
     v3_videos = _files_named(names, _V3_VIDEO)
     if v3_videos:
-        return Layout("v3", folder, v3_videos, _find_case_insensitive(names, "timestamp.dat"), metadata, fps)
+        # msCam videos with a V4-style timeStamps.csv also occur (converted or simulated data)
+        stamps = _find_case_insensitive(names, "timestamp.dat") or \
+            _find_case_insensitive(names, "timeStamps.csv")
+        return Layout("v3", folder, v3_videos, stamps, metadata, fps)
 
     v4_videos = _files_named(names, _V4_VIDEO)
     v4_stamps = _find_case_insensitive(names, "timeStamps.csv")
@@ -219,9 +222,10 @@ def read_timestamps(layout: Layout, n_video_frames: int | None = None) -> tuple[
     """
     if layout.timestamps is None:
         raise ValueError(f"{layout.folder}: layout {layout.kind!r} has no timestamp file")
-    if layout.kind == "v3":
+    # the file's own format decides, whatever the video naming
+    if layout.kind == "v3" and layout.timestamps.suffix.lower() == ".dat":
         _, clock = _v3_stamps(layout, n_video_frames)
-    elif layout.kind == "v4":
+    elif layout.kind in ("v3", "v4"):
         _, clock = _v4_stamps(layout)
     else:
         raise ValueError(f"layout kind must be 'v3' or 'v4' to read timestamps, got {layout.kind!r}")

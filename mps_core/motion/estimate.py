@@ -54,11 +54,14 @@ from scipy import ndimage as ndi
 
 from . import phasecorr as pc
 from .apply import apply_shifts, covered_mask
+from .outliers import robust_sigma
 
 __all__ = ["estimate_shifts", "patch_windows"]
 
 _MIN_PATCH = 16  # px: smaller patches hold too little texture to register
 _REFINE_RADIUS = 3.0  # px: refinement searches this far from the first-pass shift
+_OUTLIER_MIN_PX = 3.0  # px: group shifts within this of the group median are always trusted
+_NEAR_PEAK_RATIO = 0.5  # a template offset near zero wins unless the far peak is 2x higher
 _WEAK_PATCH = 0.5  # patch confidence below this fraction of the frame's median is replaced
 
 
@@ -142,11 +145,35 @@ def patch_windows(shape: tuple[int, int], mesh: tuple[int, int], overlap: float)
     return ys, xs, ph, pw
 
 
-def _register(template: np.ndarray, frames: np.ndarray, cfg: _Config, max_shift: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel rigid shifts (and confidences) of frames (N, H, W) to one template."""
+def _register(
+    template: np.ndarray, frames: np.ndarray, cfg: _Config, max_shift: float, radius: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel rigid shifts (and confidences) of frames (N, H, W) to one template.
+
+    radius: if given, search only within +-radius px of zero shift.
+    """
     plan = cfg.plan(template.shape)
     f_t = pc.template_spectrum(template, plan)
-    return pc.estimate_spectra(f_t, pc.spectra(frames, plan), plan, max_shift, cfg.upsample, cfg.whiten)
+    centre = None if radius is None else np.zeros((len(frames), 2))
+    return pc.estimate_spectra(
+        f_t, pc.spectra(frames, plan), plan, max_shift, cfg.upsample, cfg.whiten, centre=centre, radius=radius or 0.0
+    )
+
+
+def _template_offset(a: np.ndarray, b: np.ndarray, cfg: _Config) -> np.ndarray:
+    """(1, 2) shift registering template b to template a, preferring small offsets.
+
+    Neighbouring runs of frames sit at nearby positions, and with sparse activity two
+    templates can share too few cells for the global peak to be reliable (a bright cell
+    of one may match another cell of the other). The best peak near zero is kept unless
+    the global one is clearly stronger.
+    """
+    far, c_far = _register(a, b[None], cfg, cfg.max_shift)
+    radius = max(_OUTLIER_MIN_PX, cfg.max_shift / 4)
+    if np.abs(far).max() <= radius:
+        return far
+    near, c_near = _register(a, b[None], cfg, cfg.max_shift, radius=radius)
+    return near if c_near[0] >= _NEAR_PEAK_RATIO * c_far[0] else far
 
 
 def _smooth_patches(res: np.ndarray, conf: np.ndarray) -> np.ndarray:
@@ -208,7 +235,16 @@ def _mesh_from_rigid(
 # ----------------------------------------------------------------------------- tree
 
 
-def _group_pass(spec: np.ndarray, shifts: np.ndarray | None, plan: pc.Plan, cfg: _Config, upsample: int) -> np.ndarray:
+def _group_pass(
+    spec: np.ndarray,
+    shifts: np.ndarray | None,
+    plan: pc.Plan,
+    cfg: _Config,
+    upsample: int,
+    idx: np.ndarray | None = None,
+    centre: np.ndarray | None = None,
+    radius: float = 0.0,
+) -> np.ndarray:
     """One registration pass of a group against its own mean, leaving each frame out.
 
     The template is the mean of the frames' tapered spectra moved by `shifts` (Fourier
@@ -217,23 +253,45 @@ def _group_pass(spec: np.ndarray, shifts: np.ndarray | None, plan: pc.Plan, cfg:
     with it at the shift it was averaged in with, which pins noisy frames at their
     previous estimate (a bias towards the first, motion-blurred guess); so each frame is
     registered to the mean of the *other* frames (exact leave-one-out in Fourier space).
-    Work is done in blocks of frames so the temporaries stay small (cache, memory).
+    idx: estimate only these frames (default all); centre / radius: search only within
+    +-radius px of centre (2,). Work is done in blocks so the temporaries stay small.
     """
     n = len(spec)
+    idx = np.arange(n) if idx is None else np.asarray(idx)
     step = 16
-    blocks = [(a, min(a + step, n)) for a in range(0, n, step)]
 
-    def moved(a: int, b: int) -> np.ndarray:
-        return spec[a:b] if shifts is None else pc.fourier_shift(spec[a:b], shifts[a:b], plan)
+    def moved(sel: np.ndarray) -> np.ndarray:
+        return spec[sel] if shifts is None else pc.fourier_shift(spec[sel], shifts[sel], plan)
 
     total = np.zeros(spec.shape[1:], np.complex64)
-    for a, b in blocks:
-        total += moved(a, b).sum(axis=0)
-    out = np.empty((n, 2))
-    for a, b in blocks:
-        loo = total[None] - moved(a, b)
+    for a in range(0, n, step):
+        total += moved(np.arange(a, min(a + step, n))).sum(axis=0)
+    out = np.empty((len(idx), 2))
+    for a in range(0, len(idx), step):
+        sel = idx[a : a + step]
+        loo = total[None] - moved(sel)
         loo /= np.float32(n - 1)
-        out[a:b] = pc.estimate_spectra(loo, spec[a:b], plan, cfg.max_shift, upsample, cfg.whiten, confidence=False)[0]
+        prior = None if centre is None else np.broadcast_to(centre, (len(sel), 2))
+        out[a : a + step] = pc.estimate_spectra(
+            loo, spec[sel], plan, cfg.max_shift, upsample, cfg.whiten, centre=prior, radius=radius, confidence=False
+        )[0]
+    return out
+
+
+def _robust_pass(spec: np.ndarray, shifts: np.ndarray | None, plan: pc.Plan, cfg: _Config, upsample: int) -> np.ndarray:
+    """A group pass whose implausible results are searched again near the group median.
+
+    Frames with little texture (few active cells, strong noise) can lock onto a noise peak
+    anywhere within +-max_shift. Within a group of consecutive frames the motion is
+    spread around its median, so a shift farther from the median than
+    max(_OUTLIER_MIN_PX, 5 robust sigmas) is searched again within that distance of it.
+    """
+    out = _group_pass(spec, shifts, plan, cfg, upsample)
+    med = np.median(out, axis=0)
+    limit = max(_OUTLIER_MIN_PX, 5.0 * float(robust_sigma(out).max()))
+    bad = np.nonzero(np.abs(out - med).max(axis=1) > limit)[0]
+    if bad.size:
+        out[bad] = _group_pass(spec, shifts, plan, cfg, upsample, idx=bad, centre=med, radius=limit)
     return out
 
 
@@ -246,9 +304,9 @@ def _register_group(frames: np.ndarray, cfg: _Config) -> _Node:
         spec = pc.spectra(frames, plan)
         # Integer pass against the (motion-blurred) mean, then sub-pixel passes against
         # the mean of the frames registered so far, each sharper than the last.
-        shifts = _group_pass(spec, None, plan, cfg, 1)
+        shifts = _robust_pass(spec, None, plan, cfg, 1)
         for _ in range(cfg.iterations):
-            shifts = _group_pass(spec, shifts, plan, cfg, cfg.upsample)
+            shifts = _robust_pass(spec, shifts, plan, cfg, cfg.upsample)
         del spec
     if cfg.mesh is not None:
         template = _mean_registered(frames, shifts)
@@ -258,7 +316,7 @@ def _register_group(frames: np.ndarray, cfg: _Config) -> _Node:
 
 def _merge(a: _Node, b: _Node, cfg: _Config) -> _Node:
     """Bring run `b` into the template frame of run `a` and pool the two templates."""
-    d, _ = _register(a.template, b.template[None], cfg, cfg.max_shift)
+    d = _template_offset(a.template, b.template, cfg)
     if cfg.mesh is not None:
         d = _mesh_from_rigid(a.template, b.template[None], d, cfg)
     moved = apply_shifts(b.template[None], d, fill_value=np.nan, interpolation="linear")[0]

@@ -300,6 +300,9 @@ def _refine(cross: np.ndarray, plan: Plan, peak: np.ndarray, upsample: int) -> t
         iy, ix = np.unravel_index(best, (n, n))
         centre = centre + np.stack([iy - half, ix - half], axis=1) * step
         height = surf.reshape(len(peak), -1)[np.arange(len(peak)), best]
+    # Report the peak *before* the overlap normalisation, so confidences of peaks at
+    # different shifts compare fairly (the normalisation inflates far peaks).
+    height = height * _overlap(plan.overlap_y, centre[:, 0]) * _overlap(plan.overlap_x, centre[:, 1])
     return centre, height
 
 

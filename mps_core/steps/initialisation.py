@@ -419,10 +419,16 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
                         f"for NNDSVD; lower frame_subsample")
     if k < p.n_components:
         ctx.warn(f"n_components={p.n_components} reduced to {k}: only {t_fit} frames are used")
+    n_passes = 2 * p.power_iterations + 2 + (p.frame_subsample > 1)
+    done = [0]
+
+    def compute(*collections):  # task progress within each pass, the pass in the message
+        done[0] += 1
+        return ctx.compute(*collections, message=f"randomised SVD, pass {done[0]}/{n_passes}")
+
     U, S, Vt, total = randomized_svd(
         data, k, n_oversample=p.oversampling, n_iter=p.power_iterations,
-        frame_subsample=p.frame_subsample, seed=p.seed,
-        compute=lambda *c: ctx.compute(*c, message="randomised SVD"), progress=ctx.progress)
+        frame_subsample=p.frame_subsample, seed=p.seed, compute=compute)
     ctx.check_cancel()
     sigma = sizes.length(p.regularisation_sigma, d, 0.2, minimum=0.1) \
         if p.spatial_regularisation else None
