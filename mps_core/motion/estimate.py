@@ -20,11 +20,15 @@ blurred by the drift. Instead (all in one dask graph, memory bounded by chunk si
    template otherwise pins it to its previous estimate, which shrank the shifts by ~30 %
    on the bench recordings. The frames' spectra are computed once per group; templates
    are averaged in Fourier space, so the passes need no warps. The group template (for
-   the merges) is the mean of its frames warped by their final shifts.
+   the merges) is the mean of its frames warped by their final shifts. A frame whose
+   shift lands farther from the group median than max(3 px, 5 robust sigmas) - a noise
+   peak on a frame with little texture - is searched again within that distance.
 2. Merges, pairwise over neighbours in time (a binary tree, inside a chunk and then across
    chunks): the later template is registered to the earlier one, the offset is added to
    all the later frames' shifts (translations compose by addition) and the templates are
    averaged, weighted by frame counts. The root's shifts are all relative to one template.
+   With sparse activity two templates can share few cells, so the best offset within
+   max(3 px, max_shift / 4) of zero is kept unless the global peak is twice as high.
 3. Optional refinement (`refine=True`): a second pass over the movie registering every
    frame to the root (global) template, searching within +-3 px of its first-pass shift.
    It reads (and so decodes / filters) the movie twice, so it is off by default here; it

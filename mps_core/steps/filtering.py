@@ -16,8 +16,12 @@ from ..registry import Preview, Step
 
 
 class FilterParams(StepParams):
-    glow_removal: bool = P(True, "Subtract each pixel's minimum over time (static glow and "
-                           "vignetting offset).")
+    # off by default: the per-pixel minimum of a moving scene is a static pattern that pulls
+    # motion estimates toward zero (measured: ca1 0.42 px -> 1.59 px RMSE); the tophat already
+    # removes broad glow
+    glow_removal: bool = P(False, "Subtract each pixel's minimum over time (static glow and "
+                           "vignetting offset). Leave off when the animal moves: it biases "
+                           "motion estimation.")
     order: Literal["background_first", "denoise_first"] = P(
         "background_first", "Remove the background before denoising, or denoise first.",
         advanced=True)

@@ -28,7 +28,7 @@ class MotionParams(StepParams):
     group_size: int = P(64, "Frames per template group; templates are built recursively from "
                         "groups so that slow drift over hours is followed.", ge=4, le=10000,
                         advanced=True, unit="frames")
-    refine: bool = P(True, "Second pass against the final template (more accurate, costs one "
+    refine: bool = P(False, "Second pass against the final template (more accurate, costs one "
                      "more FFT per frame).", advanced=True)
     spatial_downsample: int = P(1, "Estimate on frames binned by this factor (faster on large "
                                 "frames); shifts are scaled back.", ge=1, le=8, advanced=True)
