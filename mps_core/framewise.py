@@ -59,3 +59,14 @@ def kept_frames(movie: xr.DataArray, *tables: xr.Dataset) -> xr.DataArray:
 def regular_frames(movie: xr.DataArray, chunk: int) -> xr.DataArray:
     """Rechunk to `chunk` frames per chunk and whole frames (frame-major layout)."""
     return movie.chunk({"frame": chunk, "height": -1, "width": -1})
+
+
+def sample_indices(chunks: tuple[int, ...], n: int, max_chunks: int = 16) -> np.ndarray:
+    """Up to `n` frame indices spread over the recording but taken from at most `max_chunks`
+    evenly spaced chunks, so a sample reads a few chunks instead of the whole movie."""
+    starts = np.concatenate([[0], np.cumsum(chunks)])
+    k = min(len(chunks), max_chunks)
+    picks = np.unique(np.linspace(0, len(chunks) - 1, k).round().astype(int))
+    per = max(1, int(np.ceil(n / len(picks))))
+    idx = [np.arange(starts[c], min(starts[c] + per, starts[c + 1])) for c in picks]
+    return np.concatenate(idx)[:n]

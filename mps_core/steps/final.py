@@ -65,10 +65,12 @@ class ExportParams(StepParams):
     min_size: int | None = P(
         None, "Units whose footprint has fewer pixels are left out; null: a quarter of a cell's "
         "area.", ge=0, le=1000000, unit="px²")
-    min_snr: float = P(1.0, "Units whose trace peak is under this many noise standard deviations "
+    # defaults from the benchmark and the synthetic truth: real cells peak at >= 13 noise
+    # sds with footprint correlation >= 0.94, leftover noise units mostly under 6 and 0.5
+    min_snr: float = P(5.0, "Units whose trace peak is under this many noise standard deviations "
                        "are left out; 0 keeps all.", ge=0, le=1000)
-    min_correlation: float = P(0.2, "Units whose footprint correlates less than this with the "
-                               "movie under it (while the unit is active) are left out; 0 keeps "
+    min_correlation: float = P(0.6, "Units whose footprint correlates less than this with the "
+                               "movie under it (while the unit is active) are left out; -1 keeps "
                                "all.", ge=-1, le=1)
     exclude_rejected: bool = P(True, "Leave out units rejected during curation; off exports them "
                                "too, labelled as rejected.")

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
-from ..framewise import frame_stats, whole
+from ..framewise import frame_stats, sample_indices, whole
 from ..io.health import check_files
 from ..io.layout import build_frame_index, detect_layout, read_timestamps
 from ..io.natural import find_files
@@ -194,7 +194,7 @@ def _downsample_space(movie: da.Array, k: int, strategy: str) -> da.Array:
 
 def _reference_profile(movie: da.Array, ncols: int, ctx) -> np.ndarray:
     """The typical row profile from up to 100 evenly spaced frames (one small read)."""
-    idx = np.unique(np.linspace(0, movie.shape[0] - 1, min(100, movie.shape[0])).astype(int))
+    idx = sample_indices(movie.chunks[0], min(100, movie.shape[0]))
     (sample,) = ctx.compute(movie[idx], message="sampling frames")
     return line_split.reference_profile(np.asarray(sample), ncols)
 

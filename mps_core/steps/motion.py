@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from ..figures import Figure, HistPanel, LinePanel
-from ..framewise import kept_frames
+from ..framewise import kept_frames, sample_indices
 from ..motion.apply import apply_shifts_dask
 from ..motion.estimate import estimate_shifts
 from ..motion.outliers import flag_erroneous
@@ -156,8 +156,7 @@ def _preview_applied(outputs, inputs, params) -> Figure:
     from ..figures import ImagePanel
 
     done, before = outputs["movie"], inputs["movie_filtered"]
-    n = done.sizes["frame"]
-    idx = np.unique(np.linspace(0, n - 1, min(n, 200)).astype(int))
+    idx = sample_indices(done.data.chunks[0], 200)
     frames = done.frame.values[idx]
     after = np.asarray(done.data[idx]).mean(axis=0)
     raw = np.asarray(before.sel(frame=frames).data).mean(axis=0)

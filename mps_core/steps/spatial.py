@@ -44,6 +44,7 @@ from ..cnmf.spatial import (BoxFootprints, merge_boxes, plan_boxes, sufficient_s
                             update_footprints)
 from ..cnmf.yra import compute_yra
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
+from ..framewise import sample_indices
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
 from . import sizes
@@ -424,7 +425,8 @@ def run_suggestions(p: SpatialSuggestionParams, ctx, A_filtered: xr.DataArray,
                     C_filtered: xr.DataArray, movie_cropped: xr.DataArray,
                     noise: xr.DataArray) -> dict:
     T = movie_cropped.sizes["frame"]
-    idx = np.unique(np.linspace(0, T - 1, min(p.sample_frames, T)).round().astype(np.int64))
+    # frames from a few chunks only: an evenly spread sample would read the whole movie
+    idx = sample_indices(movie_cropped.data.chunks[0], min(p.sample_frames, T))
     # the streamed pixel sums of 7e's statistics, without any unit: one read of the sample
     stats, _ = sufficient_statistics(
         movie_cropped.data[idx], np.zeros((0, idx.size), np.float32), plans=[],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ..framewise import sample_indices
 from ..figures import Figure, HistPanel, ImagePanel, TextPanel
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
@@ -18,7 +19,7 @@ class ValidationParams(StepParams):
 
 def validate(p: ValidationParams, ctx, movie: xr.DataArray, movie_filtered: xr.DataArray) -> dict:
     n = movie.sizes["frame"]
-    idx = np.unique(np.linspace(0, n - 1, min(p.sample_frames, n)).astype(int))
+    idx = sample_indices(movie.data.chunks[0], min(p.sample_frames, n))
     frames = movie.frame.values[idx]
     after = movie.data[idx]
     before = movie_filtered.sel(frame=frames).data
@@ -45,7 +46,8 @@ def _preview(outputs, inputs, params) -> Figure:
     before, after = np.asarray(v["mean_before"]), np.asarray(v["mean_after"])
     text = "\n".join(f"{k}: {v[k]}" for k in ("frames_total", "frames_sampled", "mean", "std",
                                                "min", "max", "nan", "inf"))
-    sample = inputs["movie"].data[:: max(1, inputs["movie"].sizes["frame"] // 20)]
+    m = inputs["movie"]
+    sample = m.data[sample_indices(m.data.chunks[0], 20)]
     return Figure("2f Validation", [
         ImagePanel("mean before motion correction", before),
         ImagePanel("mean after motion correction", after),
