@@ -3,6 +3,7 @@
     mps run --params FILE --input DIR --output DIR [--from ID] [--to ID] [--set ID.key=value ...]
     mps steps
     mps params --defaults
+    mps export SESSION --step ID --format numpy DEST
     mps demo [--output DIR]
 
 User mistakes print one line (and where the log is) and exit non-zero; never a traceback.
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--defaults", action="store_true", help="print every default as a parameter file")
     g.add_argument("--check", type=Path, metavar="FILE", help="validate a parameter file")
     pa.set_defaults(func=cmd_params)
+
+    e = sub.add_parser("export", help="write one step's footprints and traces as NumPy files")
+    e.add_argument("session", type=Path, help="a session output folder")
+    e.add_argument("--step", required=True, metavar="ID", help="the step to export, e.g. 4h")
+    e.add_argument("--format", choices=["numpy"], default="numpy")
+    e.add_argument("dest", type=Path, help="folder for A.npy, C.npy, S.npy, motion.npy, frames.npy")
+    e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="make a small synthetic recording and run every implemented step")
     d.add_argument("--output", type=Path, default=Path("mps-demo"),
@@ -203,6 +211,18 @@ class ProgressBar:
 
     def close(self) -> None:
         pass
+
+
+def cmd_export(args) -> int:
+    from .export import export_step
+    from .store import SessionStore, StoreError
+
+    try:
+        files = export_step(SessionStore(args.session, create=False), args.step, args.dest)
+    except (StoreError, ValueError) as e:
+        return _fail(str(e))
+    print("wrote " + ", ".join(p.name for p in files) + f" in {args.dest}")
+    return 0
 
 
 def cmd_demo(args) -> int:

@@ -404,3 +404,43 @@ def write_formats(folder: Path, data: ExportData, formats: set[str] | list[str],
         elif fmt == "figures":
             out += write_figures(folder, data, figure_units, counts)
     return out
+
+
+def export_step(store, step_id: str, dest: Path) -> list[Path]:
+    """Write one step's footprints and traces in the benchmark's NumPy layout.
+
+    Any step with a footprint output (unit_id, height, width) can be graded this way, e.g.
+    the initialisation after 4h. A is placed back in the input video's pixel grid with the
+    crop of step 3a; motion and frames come from steps 2c and the traces' frame coordinate.
+    """
+    m = store.manifest(step_id)
+    if m is None:
+        raise ValueError(f"step {step_id} has no result in {store.root}; run it first")
+    arrays = {n: store.load(step_id, n) for n, f in m["outputs"].items() if f.endswith(".zarr")}
+    A = next((a for a in arrays.values()
+              if isinstance(a, xr.DataArray) and a.dims == ("unit_id", "height", "width")), None)
+    if A is None:
+        raise ValueError(f"step {step_id} has no footprints (unit_id, height, width) to export; "
+                         f"steps from 4e on do")
+    traces = [a for a in arrays.values()
+              if isinstance(a, xr.DataArray) and a.dims == ("unit_id", "frame")]
+    crop = store.load("3a", "crop")
+    full = (int(crop["full_height"]), int(crop["full_width"]))
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {"A": place_in_frame(A.values.astype(np.float32), int(crop["y0"]), int(crop["x0"]), full)}
+    for name, arr in zip(("C", "S"), traces):
+        out[name] = arr.sel(unit_id=A.unit_id.values).values.astype(np.float32)
+    if traces:
+        frames = traces[0].frame.values
+        out["frames"] = frames.astype(np.int64)
+        if store.has("2c", "shifts"):
+            s = store.load("2c", "shifts")
+            r = s.sel(frame=frames).values
+            out["motion"] = (r if r.ndim == 2 else r.mean(axis=(1, 2))).astype(np.float32)
+    written = []
+    for name, value in out.items():
+        path = dest / f"{name}.npy"
+        np.save(path, value)
+        written.append(path)
+    return written

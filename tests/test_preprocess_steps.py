@@ -104,6 +104,15 @@ def test_whole_pipeline_then_rerun_of_2b_marks_2c_to_8c_stale(tmp_path):
     results = Runner(STEPS, ps, store).run()
     assert [r.step_id for r in results] == [s.id for s in STEPS]
     assert (store.step_dir("8c") / "export" / "A.npy").exists()
+    # any step with footprints can be exported in the benchmark's layout
+    from mps_core.cli import main
+
+    assert main(["export", str(store.root), "--step", "4h", "--format", "numpy",
+                 str(tmp_path / "x4h")]) == 0
+    A, C = np.load(tmp_path / "x4h" / "A.npy"), np.load(tmp_path / "x4h" / "C.npy")
+    assert A.shape[1:] == (112, 120) and A.shape[0] == C.shape[0] > 0
+    assert np.load(tmp_path / "x4h" / "frames.npy").shape == (C.shape[1],)
+    assert np.load(tmp_path / "x4h" / "motion.npy").shape == (C.shape[1], 2)
     Runner(STEPS, ps.with_values("2b", {"median_ksize": 3}), store).run(start="2b", stop="2b")
     st = store.statuses([s.id for s in STEPS])
     assert st["2a"] == "done" and st["2b"] == "done"
