@@ -61,7 +61,8 @@ class Execution:
         if self.scheduler_address:
             from distributed import Client
 
-            self.client = Client(self.scheduler_address, timeout="10s", set_as_default=False)
+            # the default scheduler while the run lasts, so every compute goes to the cluster
+            self.client = Client(self.scheduler_address, timeout="10s", set_as_default=True)
         else:
             self._config = dask.config.set(scheduler="threads", num_workers=self.n_workers)
             self._config.__enter__()
