@@ -39,7 +39,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["ExportData", "place_in_frame", "write_numpy", "write_zarr", "write_json",
+from .store import jsonable
+
+__all__ = ["ExportData", "place_in_frame", "export_step", "write_numpy", "write_zarr", "write_json",
            "write_pickle", "write_tables", "write_figures", "write_formats", "FORMATS"]
 
 FORMATS = ("numpy", "zarr", "json", "pickle", "table", "figures")
@@ -195,7 +197,7 @@ def to_dataset(data: ExportData) -> xr.Dataset:
         arr = np.asarray(v)
         if arr.dtype.kind in "biuf":  # numbers only; labels stay in the JSON
             ds[f"unit_{k}"] = (("unit_id",), arr)
-    ds.attrs["metadata"] = json.dumps(data.metadata, sort_keys=True, default=_json_default)
+    ds.attrs["metadata"] = json.dumps(data.metadata, sort_keys=True, default=jsonable)
     return ds
 
 
@@ -216,16 +218,6 @@ def write_zarr(folder: Path, data: ExportData, name: str = "mps_export.zarr") ->
 
 
 # ----------------------------------------------------------------------------- JSON
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} as JSON")
 
 
 def _clean(v: Any) -> Any:
@@ -255,7 +247,7 @@ def write_json(folder: Path, data: ExportData, name: str = "mps_export.json") ->
     path = folder / name
     _fresh(path)
     path.write_text(json.dumps(summary(data, with_time=True), indent=1,
-                               default=_json_default) + "\n")
+                               default=jsonable) + "\n")
     return [_entry(folder, path, "json")]
 
 

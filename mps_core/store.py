@@ -86,7 +86,7 @@ class StepRun:
         if isinstance(value, str):
             self.path_for(name, ".txt").write_text(value)
         else:
-            self.path_for(name, ".json").write_text(json.dumps(value, indent=1, default=_jsonable))
+            self.path_for(name, ".json").write_text(json.dumps(value, indent=1, default=jsonable))
         return None
 
     def path_of(self, name: str) -> Path:
@@ -103,7 +103,7 @@ class StepRun:
         return load_path(self.path_of(name))
 
     def commit(self, manifest: dict[str, Any]) -> Path:
-        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_jsonable))
+        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=jsonable))
         final = self.store.step_dir(self.step_id)
         old = final.with_name(f".{self.step_id}.old-{self.run_id}")
         if final.exists():
@@ -118,9 +118,8 @@ class StepRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _jsonable(o: Any) -> Any:
-    import numpy as np
-
+def jsonable(o: Any) -> Any:
+    """`json.dumps(default=...)` for numpy values and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
