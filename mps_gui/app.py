@@ -33,6 +33,7 @@ def build_window(session: Path | None = None):
         parent = stage_items.get(s.stage)
         if parent is None:
             parent = stage_items[s.stage] = QTreeWidgetItem(tree, [s.stage])
+            parent.setFirstColumnSpanned(True)  # stage names are longer than step ids
             parent.setExpanded(True)
         status = statuses.get(s.id, "not run") if s.implemented else "not available yet"
         item = QTreeWidgetItem(parent, [s.id, s.title, status])
