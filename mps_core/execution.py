@@ -100,8 +100,10 @@ class Execution:
         report = (lambda d, t: progress(d / t, f"{message} {d}/{t}".strip())) if progress \
             else (lambda d, t: None)
         if self.client is None:
+            # no graph optimisation: it fuses the movie readers into every consumer, so a
+            # movie written and scored in one pass was decoded twice (measured)
             with _LocalProgress(report, cancel):
-                return dask.compute(*collections)
+                return dask.compute(*collections, optimize_graph=False)
         return self._compute_distributed(collections, report, cancel)
 
     def _compute_distributed(self, collections, report, cancel) -> tuple:

@@ -170,7 +170,7 @@ class Runner:
         try:
             inputs, fingerprints = self._load_inputs(step)
             outputs = step(params, ctx, **inputs)
-            jobs = [j for j in (run.put(n, v) for n, v in outputs.items()) if j is not None]
+            jobs = [j for n, v in outputs.items() for j in run.put(n, v)]
             if jobs:  # one pass: outputs that share inputs read them once
                 ctx.compute(*jobs, message="writing results")
             self._previews(step, run, inputs, params, ctx)

@@ -74,20 +74,19 @@ class StepRun:
     def path_for(self, name: str, suffix: str) -> Path:
         return self.tmp / f"{name}{suffix}"
 
-    def put(self, name: str, value: Any):
-        """Persist one output. Arrays are written lazily: the returned dask job (or None)
-        must be computed; computing all of a step's jobs together reads shared inputs once."""
+    def put(self, name: str, value: Any) -> list:
+        """Persist one output. Arrays are written lazily: the returned dask jobs must be
+        computed; computing all of a step's jobs together reads shared inputs once."""
         if isinstance(value, xr.DataArray):
             value = value.to_dataset(name=name, promote_attrs=False)
             value.attrs["mps_dataarray"] = name
         if isinstance(value, xr.Dataset):
-            return _zarr_safe(value).to_zarr(self.path_for(name, ".zarr"), mode="w",
-                                             compute=False, consolidated=False, zarr_format=3)
+            return _write_zarr(_zarr_safe(value), self.path_for(name, ".zarr"))
         if isinstance(value, str):
             self.path_for(name, ".txt").write_text(value)
         else:
             self.path_for(name, ".json").write_text(json.dumps(value, indent=1, default=jsonable))
-        return None
+        return []
 
     def path_of(self, name: str) -> Path:
         """Where output `name` was stored (only the store's own kinds: files a step writes
@@ -127,6 +126,26 @@ def jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot store {type(o).__name__} as JSON")
+
+
+def _write_zarr(ds: xr.Dataset, path: Path):
+    """Write metadata and in-memory variables now; return one lazy job for the dask ones.
+
+    The data are stored with `dask.array.store` straight from the step's own arrays, so
+    outputs that share inputs (a movie and its per-frame scores) keep the same task keys
+    and a single compute of all jobs reads the shared input once; xarray's own delayed
+    writes re-key the sources and made 2a decode every video twice (measured).
+    """
+    import dask.array as da
+    import zarr
+
+    ds.to_zarr(path, mode="w", compute=False, consolidated=False, zarr_format=3)
+    lazy = {k: v.data for k, v in ds.variables.items() if isinstance(v.data, da.Array)}
+    if not lazy:
+        return []
+    targets = [zarr.open_array(path / k, mode="r+") for k in lazy]
+    job = da.store(list(lazy.values()), targets, lock=False, compute=False)
+    return list(job) if isinstance(job, (tuple, list)) else [job]  # several sources: a tuple
 
 
 def _zarr_safe(ds: xr.Dataset) -> xr.Dataset:
