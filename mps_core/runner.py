@@ -193,6 +193,8 @@ class Runner:
             return StepResult(step.id, "cancelled", time.time() - t0, "cancelled")
         except (StepError, StepNotImplemented, ValueError) as e:
             run.abort()
+            if not isinstance(e, StepError):  # raised deeper down: keep where, for the log
+                log.error("step %s: %s", step.id, traceback.format_exc())
             return self._fail(step, str(e), t0)
         except BaseException as e:  # noqa: BLE001 -- any crash must leave the store intact
             run.abort()
