@@ -67,11 +67,107 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("dest", type=Path, help="folder for A.npy, C.npy, S.npy, motion.npy, frames.npy")
     e.set_defaults(func=cmd_export)
 
+    v = sub.add_parser("export-video", help="write an MP4 of a movie stage (or two side by side)")
+    v.add_argument("session", type=Path, help="a session output folder")
+    v.add_argument("output", type=Path, help="the video file to write (.mp4)")
+    v.add_argument("--stage", required=True, choices=_STAGE_CHOICES, help="the movie to show")
+    v.add_argument("--compare", choices=_STAGE_CHOICES, metavar="STAGE",
+                   help="a second stage shown beside the first, e.g. --stage 2b --compare 2e")
+    v.add_argument("--frames", metavar="START:STOP:STEP",
+                   help="original frame numbers to show, e.g. 0:1000:2 (default: all)")
+    v.add_argument("--cmap", default="gray", metavar="NAME",
+                   help="colour map: gray, viridis, inferno, magma, plasma, cividis, hot, jet, "
+                        "turbo, bone, parula, diverging (default gray)")
+    v.add_argument("--vmin", type=float, help="value shown black (default: robust percentile)")
+    v.add_argument("--vmax", type=float, help="value shown white (default: robust percentile)")
+    v.add_argument("--fps", type=float, help="frames per second (default: the recording's)")
+    v.add_argument("--contours", action="store_true",
+                   help="outline the final units' footprints on the frames")
+    v.add_argument("--contour-level", type=float, default=0.3, metavar="FRACTION",
+                   help="outline at this fraction of each footprint's maximum (default 0.3)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_export_video)
+
+    mo = sub.add_parser("export-movie", help="write a movie stage as TIFF, .npy, .mat or zarr")
+    mo.add_argument("session", type=Path, help="a session output folder")
+    mo.add_argument("output_dir", type=Path, help="folder for movie_<stage>.<ext>")
+    mo.add_argument("--stage", required=True, choices=_STAGE_CHOICES, help="the movie to write")
+    mo.add_argument("--format", dest="fmt", required=True, choices=["tiff", "npy", "mat", "zarr"])
+    mo.add_argument("--frames", metavar="START:STOP:STEP",
+                    help="original frame numbers to write, e.g. 0:1000:2 (default: all)")
+    mo.add_argument("--quiet", action="store_true", help="no progress bar")
+    mo.set_defaults(func=cmd_export_movie)
+
     d = sub.add_parser("demo", help="make a small synthetic recording and run every implemented step")
     d.add_argument("--output", type=Path, default=Path("mps-demo"),
                    help="folder for the demo recording and its session (default ./mps-demo)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
+
+    dc = sub.add_parser("docs", help="regenerate the parameter tables of the user guide (docs/)")
+    dc.add_argument("--check", action="store_true",
+                    help="change nothing; list the pages whose tables differ from the steps "
+                         "and exit 1 if there are any")
+    dc.add_argument("--dir", type=Path, metavar="DOCS",
+                    help="the docs folder (default: docs/ next to the mps_core package)")
+    dc.set_defaults(func=cmd_docs)
+
+    st = sub.add_parser("stitch", help="stitch the streams of several wireless receivers into "
+                                       "one recording (before step 2a)")
+    st.add_argument("videos", nargs="+", type=Path, metavar="VIDEO",
+                    help="one video per receiver (at least 2); ties go to the first")
+    st.add_argument("--metadata", nargs="+", type=Path, metavar="CSV",
+                    help="one metadata CSV per video, same order (default: the .csv of the "
+                         "same name next to each video)")
+    st.add_argument("--align", choices=["auto", "frame_num", "time"], default="auto",
+                    help="match frames by frame_num, by buffer receive time, or auto: "
+                         "frame_num unless it restarts (default auto)")
+    st.add_argument("--tolerance", type=float, metavar="SECONDS",
+                    help="time alignment: largest receive-time difference of two copies "
+                         "(default half a frame interval)")
+    st.add_argument("--debug-video", action="store_true",
+                    help="also write NAME_debug.mp4: the copies side by side, differences red")
+    st.set_defaults(func=cmd_stitch)
+
+    ct = sub.add_parser("concat", help="concatenate sequential segments of one stream")
+    ct.add_argument("videos", nargs="+", type=Path, metavar="VIDEO",
+                    help="the segments in recording order (at least 2)")
+    ct.add_argument("--metadata", nargs="+", type=Path, metavar="CSV",
+                    help="one metadata CSV per segment (default: VIDEO's .csv when present)")
+    ct.add_argument("--decisions", nargs="+", type=Path, metavar="CSV",
+                    help="one decision table per segment (default: VIDEO's _decisions.csv "
+                         "when present)")
+    ct.set_defaults(func=cmd_concat)
+
+    tr = sub.add_parser("trim", help="drop frames at the start and end of a recording")
+    tr.add_argument("video", type=Path, metavar="VIDEO")
+    tr.add_argument("--start", dest="trim_start", type=int, default=0, metavar="N",
+                    help="frames dropped at the start")
+    tr.add_argument("--end", dest="trim_end", type=int, default=0, metavar="M",
+                    help="frames dropped at the end")
+    tr.set_defaults(func=cmd_trim)
+
+    rf = sub.add_parser("remove-frames", help="drop listed frames from a recording")
+    rf.add_argument("video", type=Path, metavar="VIDEO")
+    rf.add_argument("--frames", required=True, metavar="LIST",
+                    help="0-based frames and inclusive ranges, e.g. 3,10-12,40")
+    rf.set_defaults(func=cmd_remove_frames)
+
+    for tool, default in ((st, "stitched"), (ct, "concatenated"), (tr, "VIDEO_trimmed"),
+                          (rf, "VIDEO_cleaned")):
+        if tool in (tr, rf):
+            tool.add_argument("--metadata", type=Path, metavar="CSV",
+                              help="its metadata CSV (default: VIDEO's .csv when present)")
+            tool.add_argument("--decisions", type=Path, metavar="CSV",
+                              help="its decision table (default: VIDEO's _decisions.csv when present)")
+        tool.add_argument("--output", required=True, type=Path, metavar="DIR",
+                          help="folder for the outputs (not an input's folder)")
+        tool.add_argument("--name", help=f"base name of the output files (default {default})")
+        tool.add_argument("--format", dest="fmt", choices=["auto", "avi", "tiff"], default="auto",
+                          help="movie format: FFV1 .avi (8-bit) or TIFF stack, both lossless "
+                               "(default auto: avi for 8-bit data)")
+        tool.add_argument("--force", action="store_true", help="overwrite existing outputs")
+        tool.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -225,10 +321,152 @@ def cmd_export(args) -> int:
     return 0
 
 
+_STAGE_CHOICES = ["raw", "2b", "2e", "reconstruction", "residual"]
+
+
+def _movie_export(args, label: str, run) -> int:
+    """Run one movie / video export with a progress bar; user errors are one line."""
+    from .movies import parse_frames
+    from .registry import Cancelled
+    from .store import SessionStore, StoreError
+
+    try:
+        parse_frames(args.frames)
+    except ValueError as e:
+        print(f"mps: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    bar = ProgressBar(enabled=not args.quiet)
+    cancel = threading.Event()
+    try:
+        store = SessionStore(args.session, create=False)
+        bar.event(label, "started", "reading")
+        result = run(store, lambda f, m: bar.update(label, f, m), cancel)
+    except (StoreError, ValueError, RuntimeError) as e:
+        if bar.current is not None:
+            bar.event(label, "failed", "")
+        return _fail(str(e))
+    except Cancelled:
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    bar.event(label, "done", f"{result.seconds:.1f} s")
+    print(result.line())
+    return 0
+
+
+def cmd_export_video(args) -> int:
+    from .video_export import export_video
+
+    return _movie_export(args, "mp4", lambda store, progress, cancel: export_video(
+        store, args.output, args.stage, compare=args.compare, frames=args.frames,
+        cmap=args.cmap, vmin=args.vmin, vmax=args.vmax, fps=args.fps, contours=args.contours,
+        contour_level=args.contour_level, progress=progress, cancel=cancel))
+
+
+def cmd_export_movie(args) -> int:
+    from .movie_export import export_movie
+
+    return _movie_export(args, args.fmt[:3], lambda store, progress, cancel: export_movie(
+        store, args.output_dir, args.stage, args.fmt, frames=args.frames, progress=progress,
+        cancel=cancel))
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args.output, quiet=args.quiet)
+
+
+def cmd_docs(args) -> int:
+    from .docsgen import docs_dir, stale_pages, update_pages
+
+    folder = args.dir or docs_dir()
+    if folder is None:
+        return _fail("no docs folder next to this installation; give one with --dir DOCS")
+    try:
+        if args.check:
+            stale = stale_pages(folder)
+            for page in stale:
+                print(page)
+            if stale:
+                print(f"mps: {len(stale)} page(s) of {folder} differ from the step registry; "
+                      f"run `mps docs` to regenerate them", file=sys.stderr)
+                return EXIT_FAILED
+            print(f"{folder}: every generated table matches the step registry")
+            return 0
+        changed = update_pages(folder)
+    except ValueError as e:
+        return _fail(str(e))
+    for page in changed:
+        print(f"updated {page}")
+    print(f"{folder}: {len(changed)} page(s) updated")
+    return 0
+
+
+def _run_stitch_tool(args, label: str, run) -> int:
+    """Run one stitching tool with a progress bar; user errors are one line."""
+    from .registry import Cancelled
+
+    bar = ProgressBar(enabled=not args.quiet)
+    cancel = threading.Event()
+    try:
+        bar.event(label, "started", "reading")
+        result = run(lambda f, m: bar.update(label, f, m), cancel)
+    except Cancelled:
+        return EXIT_CANCELLED
+    except (ValueError, RuntimeError) as e:
+        bar.event(label, "failed", "")
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    bar.event(label, "done", f"{result.seconds:.1f} s")
+    for warning in result.warnings:
+        print(f"mps: warning: {warning}", file=sys.stderr)
+    print(result.line())
+    print(f"log: {result.paths['log']}")
+    return 0
+
+
+def cmd_stitch(args) -> int:
+    from .stitch import stitch_streams
+
+    return _run_stitch_tool(args, "st", lambda progress, cancel: stitch_streams(
+        args.videos, args.output, metadata=args.metadata, name=args.name or "stitched",
+        fmt=args.fmt, align=args.align, tolerance_s=args.tolerance, debug_video=args.debug_video,
+        force=args.force, progress=progress, cancel=cancel))
+
+
+def cmd_concat(args) -> int:
+    from .stitch import concat_segments
+
+    return _run_stitch_tool(args, "cat", lambda progress, cancel: concat_segments(
+        args.videos, args.output, metadata=args.metadata, decisions=args.decisions,
+        name=args.name or "concatenated", fmt=args.fmt, force=args.force, progress=progress,
+        cancel=cancel))
+
+
+def cmd_trim(args) -> int:
+    from .stitch import trim_frames
+
+    return _run_stitch_tool(args, "trm", lambda progress, cancel: trim_frames(
+        args.video, args.output, start=args.trim_start, end=args.trim_end, metadata=args.metadata,
+        decisions=args.decisions, name=args.name, fmt=args.fmt, force=args.force,
+        progress=progress, cancel=cancel))
+
+
+def cmd_remove_frames(args) -> int:
+    from .stitch import parse_frame_list, remove_frames
+
+    try:
+        frames = parse_frame_list(args.frames)
+    except ValueError as e:
+        print(f"mps: error: --{e}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_stitch_tool(args, "rmf", lambda progress, cancel: remove_frames(
+        args.video, args.output, frames, metadata=args.metadata, decisions=args.decisions,
+        name=args.name, fmt=args.fmt, force=args.force, progress=progress, cancel=cancel))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,50 +62,55 @@ class ParamSet:
     @classmethod
     def load(cls, path: Path, steps: Iterable[Step]) -> "ParamSet":
         path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ParamError(f"{path}: parameter file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ParamError(f"{path}: cannot read the parameter file ({e})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ParamError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: "
-                             f"{e.msg}") from None
-        return cls.from_dict(data, steps, source=str(path))
+        return cls.from_dict(_read_json(path), steps, source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, steps: Iterable[Step], source: str = "parameters") -> "ParamSet":
         steps = list(steps)
         by_id = {s.id: s for s in steps}
-        if not isinstance(data, dict):
-            raise ParamError(f"{source}: the file must hold a JSON object "
-                             f'{{"format": "{FORMAT}", "version": {VERSION}, "steps": {{...}}}}')
-        unknown_top = set(data) - {"format", "version", "steps"}
-        if unknown_top:
-            raise ParamError(f"{source}: unknown top-level key '{sorted(unknown_top)[0]}'; "
-                             f"allowed: format, version, steps")
-        if data.get("format") != FORMAT:
-            raise ParamError(f"{source}: 'format' is {show_value(data.get('format'))}; "
-                             f"an MPS parameter file has \"format\": \"{FORMAT}\"")
-        version = data.get("version")
-        if version != VERSION or isinstance(version, bool):
-            raise ParamError(f"{source}: parameter file version {show_value(version)} is not "
-                             f"supported; this MPS reads version {VERSION}")
-        sections = data.get("steps", {})
-        if not isinstance(sections, dict):
-            raise ParamError(f"{source}: 'steps' must be an object keyed by step id")
         values: dict[str, StepParams] = {}
-        for sid, section in sections.items():
+        for sid, section in _checked_sections(data, source).items():
             if sid not in by_id:
-                raise ParamError(f"{source}: unknown step '{sid}'; steps are "
-                                 + ", ".join(by_id))
+                raise ParamError(f"{source}: unknown step '{sid}'; steps are " + ", ".join(by_id))
             if not isinstance(section, dict):
                 raise ParamError(f"{source}: step {sid}: the section must be an object of "
                                  f"key: value pairs, got {show_value(section)}")
             values[sid] = validate_section(by_id[sid], section, source)
         return cls(steps, values)
+
+    @classmethod
+    def load_lenient(cls, path: Path, steps: Iterable[Step],
+                     base: "ParamSet | None" = None) -> tuple["ParamSet", list[str]]:
+        """Apply every valid value of a file over `base`; return the problems, one line each.
+
+        The desktop app uses this so that one bad entry does not throw away a whole file and
+        no bad entry is skipped silently. A file that is not a parameter file at all (not
+        JSON, wrong format or version) still raises ParamError and changes nothing.
+        """
+        path = Path(path)
+        steps = list(steps)
+        by_id = {s.id: s for s in steps}
+        source = str(path)
+        sections = _checked_sections(_read_json(path), source)
+        out = (base or cls(steps)).copy()
+        problems: list[str] = []
+        for sid, section in sections.items():
+            if sid not in by_id:
+                problems.append(f"{source}: unknown step '{sid}' ignored; steps are "
+                                + ", ".join(by_id))
+            elif not isinstance(section, dict):
+                problems.append(f"{source}: step {sid}: the section must be an object of "
+                                f"key: value pairs, got {show_value(section)}")
+            else:
+                # the file's section replaces the step's values (unset keys take defaults);
+                # each bad key keeps its default and is reported
+                out.values[sid] = by_id[sid].params()
+                for key, value in section.items():
+                    try:
+                        out = out.with_values(sid, {key: value}, source=source)
+                    except ParamError as e:
+                        problems.append(str(e))
+        return out, problems
 
     # -- changes ------------------------------------------------------------------------
     def with_values(self, step_id: str, updates: dict[str, Any],
@@ -136,11 +141,15 @@ class ParamSet:
 
 
 def validate_section(step: Step, section: dict[str, Any], source: str) -> StepParams:
-    """Validate one step's section; raise ParamError naming the first problem."""
+    """Validate one step's section; raise ParamError naming the first problem.
+
+    `source` (a file, "--set ...") prefixes the message; "" leaves it out (a step page).
+    """
     fields = step.params.model_fields
+    where = f"{source}: " if source else ""
     for key in section:
         if key not in fields:
-            raise ParamError(f"{source}: step {step.id} ({step.title}): unknown key '{key}'; "
+            raise ParamError(f"{where}step {step.id} ({step.title}): unknown key '{key}'; "
                              f"keys are " + ", ".join(fields))
     try:
         return step.params.model_validate(section)
@@ -153,7 +162,44 @@ def validate_section(step: Step, section: dict[str, Any], source: str) -> StepPa
             why = ""
             if err.get("type") in ("value_error", "assertion_error", "odd"):
                 why = f" ({err.get('msg', '').removeprefix('Value error, ')})"
-            raise ParamError(f"{source}: step {step.id} ({step.title}), key '{key}': "
+            raise ParamError(f"{where}step {step.id} ({step.title}), key '{key}': "
                              f"{show_value(given)} is not allowed{why}; expected "
                              f"{allowed(fields[key])}") from None
-        raise ParamError(f"{source}: step {step.id} ({step.title}): {err.get('msg')}") from None
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        raise ParamError(f"{where}step {step.id} ({step.title}): {msg}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamError(f"{path}: parameter file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamError(f"{path}: cannot read the parameter file ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParamError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: "
+                         f"{e.msg}") from None
+
+
+def _checked_sections(data: Any, source: str) -> dict[str, Any]:
+    """The 'steps' object of a parameter document, after checking format and version."""
+    if not isinstance(data, dict):
+        raise ParamError(f"{source}: the file must hold a JSON object "
+                         f'{{"format": "{FORMAT}", "version": {VERSION}, "steps": {{...}}}}')
+    unknown_top = set(data) - {"format", "version", "steps"}
+    if unknown_top:
+        raise ParamError(f"{source}: unknown top-level key '{sorted(unknown_top)[0]}'; "
+                         f"allowed: format, version, steps")
+    if data.get("format") != FORMAT:
+        raise ParamError(f"{source}: 'format' is {show_value(data.get('format'))}; "
+                         f"an MPS parameter file has \"format\": \"{FORMAT}\"")
+    version = data.get("version")
+    if version != VERSION or isinstance(version, bool):
+        raise ParamError(f"{source}: parameter file version {show_value(version)} is not "
+                         f"supported; this MPS reads version {VERSION}")
+    sections = data.get("steps", {})
+    if not isinstance(sections, dict):
+        raise ParamError(f"{source}: 'steps' must be an object keyed by step id")
+    return sections

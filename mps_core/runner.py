@@ -156,8 +156,7 @@ class Runner:
                     if res.status == "cancelled":
                         break
         finally:
-            logging.getLogger("mps").removeHandler(handler)
-            handler.close()
+            _detach_log(handler)
         return results
 
     def run_step(self, step: Step, execution: Execution, cancel: threading.Event) -> StepResult:
@@ -174,6 +173,7 @@ class Runner:
             if jobs:  # one pass: outputs that share inputs read them once
                 ctx.compute(*jobs, message="writing results")
             self._previews(step, run, inputs, params, ctx)
+            ctx.check_cancel()  # a cancel that came during the last task still keeps the old result
             manifest = {
                 "step": step.id, "title": step.title, "run_id": run.run_id, "status": "done",
                 "params": params.model_dump(mode="json"), "inputs": fingerprints,
@@ -247,13 +247,38 @@ def now_iso_from(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
+# threads running a Runner now: a batch runs several sessions at once in one process, and
+# each session's log must not receive the other sessions' lines
+_RUN_THREADS: set[int] = set()
+
+
+class _OwnThreadFilter(logging.Filter):
+    """Keep a record if this run's thread wrote it, or a thread that runs no session (dask
+    helpers, the GUI): the "mps" logger is shared by every run in the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owner = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.owner or record.thread not in _RUN_THREADS
+
+
 def _attach_log(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(_OwnThreadFilter())
+    _RUN_THREADS.add(threading.get_ident())
     lg = logging.getLogger("mps")
     lg.setLevel(logging.INFO)
     lg.addHandler(handler)
     return handler
+
+
+def _detach_log(handler: logging.Handler) -> None:
+    logging.getLogger("mps").removeHandler(handler)
+    handler.close()
+    _RUN_THREADS.discard(threading.get_ident())
 
 
 def _last_of_prefix(steps: Sequence[Step]) -> str | None:

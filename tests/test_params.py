@@ -137,3 +137,30 @@ def test_sample_parameter_files_are_valid():
     for p in root.glob("*.json"):
         ParamSet.load(p, STEPS)
     assert (root / "defaults.json").read_text() == ParamSet(STEPS).dumps()
+
+
+def test_lenient_load_applies_valid_entries_and_reports_each_bad_one(tmp_path):
+    import json
+
+    from mps_core.params import ParamError, ParamSet
+    from mps_core.steps import STEPS
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"format": "mps-params", "version": 1, "steps": {
+        "2b": {"denoise_method": "gaussian", "bogus": 1},
+        "2c": {"max_shift": "far"},
+        "zz": {}, "2d": 7}}))
+    base = ParamSet(STEPS).with_values("2c", {"max_shift": 9.0})
+    params, problems = ParamSet.load_lenient(path, STEPS, base=base)
+    assert params["2b"].denoise_method == "gaussian"
+    assert params["2c"].max_shift == STEPS[3].params().max_shift  # the file's section replaces
+    assert len(problems) == 4
+    assert all(str(path) in p for p in problems)
+    assert any("'bogus'" in p for p in problems) and any("'zz'" in p for p in problems)
+    path.write_text('{"format": "other"}')
+    try:
+        ParamSet.load_lenient(path, STEPS)
+    except ParamError as e:
+        assert "format" in str(e)
+    else:
+        raise AssertionError("a file that is not a parameter file must be refused")

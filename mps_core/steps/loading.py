@@ -4,6 +4,25 @@ The movie is read lazily (each dask task decodes only its own chunk). In the sam
 writes the movie into the store, every frame gets its quality scores; frames flagged as
 transmission-corrupted or line-split are marked in the frame index (``removed`` > 0) and
 left out by every later step, and they are listed in all_removed_frames.txt.
+
+Order of work on each frame (all lazy, per chunk of whole frames):
+
+1. read, trim, temporal and spatial downsampling;
+2. frame QC and line splitting score these *camera* frames: corruption bands follow the
+   sensor's readout rows and line splitting its left-most columns, so both detectors must
+   see the frames as the camera wrote them, not rotated (a band of rows would become a band
+   of columns after a 90 degree turn) and not altered by the user's function (a stripe
+   filter could hide the very bands frame QC looks for);
+3. orientation: rotate clockwise by ``rotate`` degrees, then flip (flips act on the rotated
+   frame, i.e. on the image as the user sees it, so "it looks mirrored" is fixed by one
+   flip whatever the rotation);
+4. the user's ``post_process`` function (:mod:`mps_core.io.frame_hook`), which therefore
+   works on frames in the final orientation and may change their shape (e.g. a crop).
+
+``movie_raw`` holds the result of step 4; its ``height``/``width`` are those of the
+oriented (and post-processed) frames. The settings are recorded in the attributes of both
+``movie_raw`` and ``frame_index`` (``rotate``, ``flip_vertical``, ``flip_horizontal``,
+``post_process``, ``camera_shape``) so exports can carry them.
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ import xarray as xr
 
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..framewise import frame_stats, sample_indices, whole
+from ..io import frame_hook
 from ..io.health import check_files
 from ..io.layout import build_frame_index, detect_layout, read_timestamps
 from ..io.natural import find_files
@@ -62,6 +82,19 @@ class LoadParams(StepParams):
     min_frame_fraction: float = P(0.95, "A file yielding fewer than this fraction of the frames "
                                   "its header announces is reported as truncated.",
                                   gt=0, le=1, advanced=True)
+    rotate: Literal[0, 90, 180, 270] = P(
+        0, "Rotate every frame clockwise by this many degrees, so recordings from rigs "
+        "mounted differently line up (applied before the flips).", advanced=True,
+        unit="degrees")
+    flip_vertical: bool = P(False, "Flip every frame upside down (after the rotation).",
+                            advanced=True)
+    flip_horizontal: bool = P(False, "Mirror every frame left-right (after the rotation).",
+                              advanced=True)
+    post_process: str = P(
+        "", "Your own function applied to every frame after the orientation, written "
+        "'package.module:function' or 'path/to/file.py:function'; it takes a 2-D frame and "
+        "returns a 2-D array of the same shape or one fixed new shape (example: a stripe "
+        "filter, in mps_core/io/frame_hook.py). Empty: none.", advanced=True)
     chunk_frames: int = P(0, "Frames per chunk; 0 derives it from the memory limit.",
                           ge=0, le=100000, advanced=True, unit="frames")
 
@@ -109,15 +142,31 @@ def load(p: LoadParams, ctx, config: dict) -> dict:
     if p.downsample_space > 1:
         movie = _downsample_space(movie, p.downsample_space, p.downsample_strategy)
     movie = movie.rechunk({0: chunk, 1: -1, 2: -1})
+    camera_shape = [int(movie.shape[1]), int(movie.shape[2])]
+
+    # orientation and the user's function make what is stored; QC below keeps scoring the
+    # camera frames (`movie`): see the module docstring for why
+    stored = _orient(movie, p.rotate, p.flip_vertical, p.flip_horizontal)
+    settings = {"rotate": p.rotate, "flip_vertical": p.flip_vertical,
+                "flip_horizontal": p.flip_horizontal, "post_process": p.post_process,
+                "camera_shape": camera_shape}
+    if p.post_process:
+        # checked on the first frame before any heavy work (reads one chunk)
+        hook = _first_frame_hook(p.post_process, stored, ctx)
+        stored = stored.map_blocks(partial(_apply_hook, hook=hook), dtype=hook.out_dtype,
+                                   chunks=(stored.chunks[0],) + tuple((n,) for n in
+                                                                      hook.out_shape))
+        settings.update(frame_hook.source_info(hook))
 
     # the frame index rides along as coordinates, so every later array keeps it
     coords = {"frame": ("frame", index["frame"][sel]),
               "movie_number": ("frame", index["movie"][sel])}
     for key in ("local_frame", "time_s", "hw_stamp"):
         coords[key] = ("frame", index[key][sel])
-    arr = xr.DataArray(movie, dims=("frame", "height", "width"), coords=coords, name="movie_raw")
-    arr = arr.assign_coords(height=np.arange(movie.shape[1]), width=np.arange(movie.shape[2]))
-    arr.attrs.update(fps=index["fps"] or 0.0, source=str(folder), layout=index["layout"])
+    arr = xr.DataArray(stored, dims=("frame", "height", "width"), coords=coords, name="movie_raw")
+    arr = arr.assign_coords(height=np.arange(stored.shape[1]), width=np.arange(stored.shape[2]))
+    arr.attrs.update(fps=index["fps"] or 0.0, source=str(folder), layout=index["layout"],
+                     **settings)
 
     table = xr.Dataset(coords=coords)
     removed = da.zeros(len(sel), dtype=np.int8, chunks=(movie.chunks[0],))
@@ -144,11 +193,60 @@ def load(p: LoadParams, ctx, config: dict) -> dict:
     table["removed"].attrs["removal_codes"] = json.dumps(
         {str(k): v for k, v in REMOVAL_CODES.items()})
     table.attrs.update(n_files=len(readers), frames_in_files=int(n_total),
-                       warnings=json.dumps(index["warnings"]))
+                       warnings=json.dumps(index["warnings"]), **settings)
     return {"movie_raw": arr, "frame_index": table, "file_health": health.to_dict()}
 
 
+def check_post_process(p: LoadParams) -> None:
+    """Preflight (no data): the post_process function imports and is callable."""
+    if p.post_process:
+        try:
+            frame_hook.check_importable(p.post_process)
+        except ValueError as e:
+            raise StepError(str(e)) from None
+
+
+def orient_frames(a: np.ndarray, rotate: int, flip_vertical: bool,
+                  flip_horizontal: bool) -> np.ndarray:
+    """Rotate the last two axes (height, width) clockwise by `rotate` degrees, then flip.
+
+    Clockwise 90: pixel (y, x) of an H x W frame goes to (x, H-1-y) of the W x H frame.
+    """
+    if rotate not in (0, 90, 180, 270):
+        raise ValueError(f"rotate must be 0, 90, 180 or 270 degrees, got {rotate!r}")
+    out = np.rot90(a, k=-(rotate // 90), axes=(-2, -1))  # numpy's positive k turns anticlockwise
+    if flip_vertical:
+        out = np.flip(out, axis=-2)
+    if flip_horizontal:
+        out = np.flip(out, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def _orient(movie: da.Array, rotate: int, flip_vertical: bool, flip_horizontal: bool) -> da.Array:
+    """Lazy orientation per chunk of whole frames (no task at all when nothing changes)."""
+    if not (rotate or flip_vertical or flip_horizontal):
+        return movie
+    h, w = movie.shape[1:]
+    if rotate in (90, 270):
+        h, w = w, h
+    return movie.map_blocks(partial(orient_frames, rotate=rotate, flip_vertical=flip_vertical,
+                                    flip_horizontal=flip_horizontal),
+                            dtype=movie.dtype, chunks=(movie.chunks[0], (h,), (w,)))
+
+
+def _first_frame_hook(spec: str, movie: da.Array, ctx) -> frame_hook.FrameHook:
+    (first,) = ctx.compute(movie[:1], message="post_process: first frame")
+    try:
+        return frame_hook.prepare(spec, np.asarray(first)[0])
+    except ValueError as e:
+        raise StepError(str(e)) from None
+
+
 # module-level (not lambdas) so the graph pickles cleanly for distributed workers
+def _apply_hook(block: np.ndarray, hook: frame_hook.FrameHook) -> np.ndarray:
+    return hook.apply_block(block)
+
+
 def _qc_flags(s: np.ndarray, noise: float, black: int) -> np.ndarray:
     scores = {"row_noise": s[:, 0], "black_rows": s[:, 1].astype(np.int32)}
     return frame_qc.flag_corrupted(scores, noise_threshold=noise, black_threshold=black)[:, None]
@@ -248,6 +346,7 @@ STEP_2A = Step(
             "index (movie, local frame, time), trims and downsamples, and removes frames broken "
             "by transmission errors or line splitting.",
     params=LoadParams, inputs=("config",), outputs=("movie_raw", "frame_index", "file_health"),
-    run=load, previews=(Preview("frames", "Frames and quality", _preview_frames),
-                        Preview("times", "Frame times", _preview_times)),
+    run=load, preflight=check_post_process,
+    previews=(Preview("frames", "Frames and quality", _preview_frames),
+              Preview("times", "Frame times", _preview_times)),
 )
