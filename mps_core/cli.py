@@ -51,6 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
+    b = sub.add_parser("batch", help="run the pipeline on many sessions listed in a file")
+    b.add_argument("sessions", type=Path, metavar="SESSIONS.txt",
+                   help="one session per line: INPUT_DIR [OUTPUT_DIR] [ANIMAL_ID] [SESSION_ID]")
+    b.add_argument("--params", type=Path, help="parameter file (JSON) for every session; "
+                   "defaults if omitted")
+    b.add_argument("--output-root", type=Path, metavar="DIR",
+                   help="default output folders go here (default: INPUT_DIR_mps beside each input)")
+    b.add_argument("--summary", type=Path, metavar="PATH",
+                   help="folder for batch_summary.csv, or a .csv file (default: current folder)")
+    b.add_argument("--rerun", action="store_true",
+                   help="run every session from step 1, even those already done")
+    b.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="sessions at once; needs 1.scheduler_address (default 1)")
+    b.add_argument("--to", dest="stop", metavar="ID",
+                   help="last step of every session (for a quick check on part of the pipeline)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.key=value",
+                   help="override one parameter for every session")
+    b.add_argument("--quiet", action="store_true", help="only the summary table")
+    b.set_defaults(func=cmd_batch)
+
     s = sub.add_parser("steps", help="list the pipeline steps and which are implemented")
     s.set_defaults(func=cmd_steps)
 
@@ -262,6 +282,53 @@ def run_pipeline(params, start: str | None, stop: str | None, quiet: bool = Fals
     print(f"ran steps {results[0].step_id}..{results[-1].step_id} in {total:.1f} s; "
           f"results in {store.root}")
     return 0
+
+
+def cmd_batch(args) -> int:
+    from . import batch
+    from .params import ParamError
+    from .steps import STEPS
+
+    if args.parallel < 1:
+        print(f"mps: error: --parallel {args.parallel}: give 1 or more sessions at once",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        params = _load_params(args.params, args.overrides)
+        entries = batch.read_session_list(args.sessions, args.output_root)
+        batch.planned_steps(STEPS, args.stop)
+    except (ParamError, ValueError) as e:
+        print(f"mps: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.parallel > 1 and not params["1"].scheduler_address:
+        print("mps: note: --parallel needs 1.scheduler_address (a Dask cluster); sessions "
+              "run one after another", file=sys.stderr)
+    summary = batch.summary_path(args.summary)
+    n = len(entries)
+
+    def show(ev) -> None:  # finished steps and sessions; a failure is said once, with its step
+        if args.quiet or ev.kind == "progress" or (
+                ev.kind == "step" and not ev.message.startswith("done")):
+            return
+        if ev.kind == "step":
+            what = f"step {ev.step_id} {ev.message}"
+        elif ev.kind in ("failed", "cancelled") and ev.step_id:
+            what = f"{ev.kind} at step {ev.step_id}: {ev.message}"
+        else:
+            what = f"{ev.kind}: {ev.message}" if ev.message else ev.kind
+        print(f"[{ev.index + 1}/{n}] {ev.session}: {what}", file=sys.stderr)
+
+    outcomes = batch.run_batch(entries, params, on_event=show, rerun=args.rerun,
+                               parallel=args.parallel, stop=args.stop, summary=summary)
+    print(batch.format_table(outcomes))
+    for o in outcomes:
+        if o.status == "failed" and o.log:
+            print(f"{o.entry.name}: log {o.log}")
+    c = batch.counts(outcomes)
+    print(", ".join(f"{v} {k}" for k, v in c.items()) + f"; summary in {summary}")
+    if c.get("cancelled"):
+        return EXIT_CANCELLED
+    return EXIT_FAILED if c.get("failed") else 0
 
 
 class ProgressBar:

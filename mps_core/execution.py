@@ -107,9 +107,17 @@ class Execution:
         return self._compute_distributed(collections, report, cancel)
 
     def _compute_distributed(self, collections, report, cancel) -> tuple:
+        from dask.base import unpack_collections
         from distributed import as_completed, futures_of
 
-        persisted = self.client.persist(list(collections))
+        # same calling convention as dask.compute: arguments may be lists / dicts holding
+        # dask objects, or plain values (client.persist accepts only dask collections)
+        flat, repack = unpack_collections(*collections, traverse=True)
+        if not flat:
+            return repack([])
+        # unoptimised like the local path: fusing would re-key tasks and read shared inputs
+        # once per consumer
+        persisted = self.client.persist(flat, optimize_graph=False)
         futures = futures_of(persisted)
         total = max(1, len(futures))
         for i, _ in enumerate(as_completed(futures), 1):
@@ -117,4 +125,4 @@ class Execution:
             if cancel.is_set():
                 self.client.cancel(futures)
                 raise Cancelled("cancelled by the user")
-        return tuple(self.client.compute(persisted, sync=True))
+        return repack(self.client.compute(persisted, sync=True, optimize_graph=False))

@@ -164,6 +164,8 @@ class MainWindow(QMainWindow):
         self.act_run_all = _action(a, "Run All Steps", self.run_all)
         self.act_run_from = _action(a, "Run From Current Step", self.run_from_current)
         self.act_cancel = _action(a, "Cancel", self.cancel_run)
+        a.addSeparator()
+        _action(a, "Batch: many sessions...", self.open_batch)
 
         t = mb.addMenu("&Tools")
         _action(t, "Export video (MP4)...", lambda: self.open_export("video"))
@@ -589,6 +591,14 @@ class MainWindow(QMainWindow):
         dlg = ExportDialog(self.session.store, kind, self)
         dlg.show()
         self._export_dialog = dlg
+        return dlg
+
+    def open_batch(self):
+        from .batch_window import BatchWindow
+
+        dlg = BatchWindow(self.session.params, self.steps, self)
+        dlg.show()
+        self._batch_window = dlg
         return dlg
 
     def open_stitch(self):
