@@ -118,6 +118,25 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--quiet", action="store_true", help="no progress bar")
     mo.set_defaults(func=cmd_export_movie)
 
+    ex = sub.add_parser("explore", help="open the results explorer of a finished session "
+                                        "(footprints, traces, movie, curation)")
+    ex.add_argument("session", type=Path, metavar="OUTPUT_DIR", help="a session output folder")
+    ex.set_defaults(func=cmd_explore)
+
+    ec = sub.add_parser("export-curated", help="write the final results again with the "
+                                              "explorer's labels applied (curation.json)")
+    ec.add_argument("session", type=Path, help="a session output folder")
+    ec.add_argument("dest", type=Path, nargs="?",
+                    help="folder to write (default: SESSION/curated_export)")
+    ec.add_argument("--include-rejected", action="store_true",
+                    help="keep rejected units in the export, labelled as rejected")
+    ec.add_argument("--formats", nargs="+", metavar="FORMAT",
+                    choices=["numpy", "zarr", "json", "pickle", "table", "figures"],
+                    default=["numpy", "zarr", "json", "figures"],
+                    help="numpy, zarr, json, pickle, table, figures (default: numpy zarr json "
+                         "figures)")
+    ec.set_defaults(func=cmd_export_curated)
+
     d = sub.add_parser("demo", help="make a small synthetic recording and run every implemented step")
     d.add_argument("--output", type=Path, default=Path("mps-demo"),
                    help="folder for the demo recording and its session (default ./mps-demo)")
@@ -437,6 +456,26 @@ def cmd_export_movie(args) -> int:
     return _movie_export(args, args.fmt[:3], lambda store, progress, cancel: export_movie(
         store, args.output_dir, args.stage, args.fmt, frames=args.frames, progress=progress,
         cancel=cancel))
+
+
+def cmd_explore(args) -> int:
+    from mps_gui.explorer import run_explorer  # Qt only when the explorer is asked for
+
+    return run_explorer(args.session)
+
+
+def cmd_export_curated(args) -> int:
+    from .curation import CurationError, export_curated
+    from .store import SessionStore, StoreError
+
+    try:
+        out = export_curated(SessionStore(args.session, create=False), args.dest,
+                             include_rejected=args.include_rejected, formats=args.formats)
+    except (StoreError, CurationError, ValueError) as e:
+        return _fail(str(e))
+    merged = f", {len(out['merged'])} merged" if out["merged"] else ""
+    print(f"wrote {out['n_units']} units{merged} in {out['folder']}")
+    return 0
 
 
 def cmd_demo(args) -> int:

@@ -170,6 +170,7 @@ class MainWindow(QMainWindow):
         t = mb.addMenu("&Tools")
         _action(t, "Export video (MP4)...", lambda: self.open_export("video"))
         _action(t, "Export movie (TIFF, npy, mat, zarr)...", lambda: self.open_export("movie"))
+        _action(t, "Open data explorer", self.open_explorer)
         _action(t, "Stitch streams...", self.open_stitch)
         _action(t, "Open session folder", self.open_folder_in_files)
 
@@ -467,6 +468,8 @@ class MainWindow(QMainWindow):
         self.step_list.set_status(step_id, statuses[step_id])
         if step_id == "2f" or step_id == "3a":
             self._load_crop_image()
+        if step_id == self.steps[-1].id and event == "done" and not self._closing:
+            self.open_explorer(quiet=True)   # the user's next job: judge the units
         if self.current_step_id() == step_id:
             self._refresh_page(step_id)
             self.preview.show_step(page.step, self.session.store)
@@ -593,6 +596,26 @@ class MainWindow(QMainWindow):
         self._export_dialog = dlg
         return dlg
 
+    def open_explorer(self, quiet: bool = False):
+        """The results explorer of this session (quiet: no dialog when there is nothing yet)."""
+        from mps_core.curation import CurationError
+
+        from .explorer import ExplorerWindow
+
+        if self.session.store is None:
+            if not quiet:
+                self.show_error("Data explorer", "Open or run a session first.")
+            return None
+        try:
+            win = ExplorerWindow(self.session.store, self)
+        except CurationError as e:
+            if not quiet:
+                self.show_error("Data explorer", str(e))
+            return None
+        win.show()
+        self._explorer = win
+        return win
+
     def open_batch(self):
         from .batch_window import BatchWindow
 
@@ -665,6 +688,10 @@ class MainWindow(QMainWindow):
             event.ignore()          # closes again when the worker has stopped
             return
         self._autorun_timer.stop()
+        for attr in ("_explorer", "_export_dialog", "_stitch_dialog", "_batch_window"):
+            child = getattr(self, attr, None)
+            if child is not None:
+                child.close()      # each stops and waits for its own worker first
         self.preview.wait(10000)
         self.settings.save_window(self.saveGeometry(), self.saveState())
         self.settings.sync()

@@ -75,8 +75,8 @@ def window(qtbot, tmp_path):
 
 
 def wait_idle(qtbot, win) -> None:
-    qtbot.waitUntil(lambda: not win.running(), timeout=RUN_TIMEOUT_MS)
-    qtbot.wait(50)  # let queued signals from the worker arrive
+    # the window drops its worker only after handling the worker's last queued signal
+    qtbot.waitUntil(lambda: win.thread is None, timeout=RUN_TIMEOUT_MS)
     win.preview.wait()
 
 
@@ -177,6 +177,9 @@ def test_new_session_runs_step_1_then_run_all_completes(window, qtbot, recording
     statuses = window.session.statuses()
     assert all(statuses[s.id] == "done" for s in STEPS if s.implemented), statuses
     assert all(window.step_list.status(s.id) == "done" for s in STEPS if s.implemented)
+    # the results explorer opens by itself when the last step is done
+    assert window._explorer is not None and window._explorer.isVisible()
+    window._explorer.wait_ready()
     # every finished page reloads its plots from the store
     for sid in ("2c", "4e", "8b"):
         window.show_step(sid)
