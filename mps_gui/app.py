@@ -80,16 +80,33 @@ def _xcb_plugin() -> Path | None:
     return None
 
 
+def _library_in_error(e: OSError) -> str | None:
+    """The library a loader error is about: 'libxcb.so.1: cannot open shared object file'.
+
+    In the frozen app PyInstaller's ctypes re-raises the loader's error with a message naming
+    the library asked for; the loader's own text (naming the culprit) is its cause."""
+    import re
+
+    if isinstance(e.__cause__, OSError):
+        e = e.__cause__
+    found = re.findall(r"[\w.+-]+\.so(?:\.\d+)*", Path(str(e).split(":")[0]).name)
+    return found[0] if found else None
+
+
 def _missing_libraries(names: tuple[str, ...]) -> list[str]:
-    """Those of ``names`` the dynamic loader cannot load (absent or broken)."""
+    """The libraries that stop any of ``names`` from loading: the library itself when it is
+    absent or broken, else the dependency of it that is (so one missing libxcb is reported
+    once, not as every xcb library that needs it)."""
     import ctypes
 
     missing = []
     for name in names:
         try:
             ctypes.CDLL(name)
-        except OSError:
-            missing.append(name)
+        except OSError as e:
+            culprit = _library_in_error(e) or name
+            if culprit not in missing:
+                missing.append(culprit)
     return missing
 
 
@@ -111,33 +128,32 @@ def _qt_platform_problem(env=None) -> str | None:
     """
     import ctypes
     import os
-    import re
 
     env = os.environ if env is None else env
     if not sys.platform.startswith("linux") or not _uses_xcb(env):
         return None
     if not env.get("DISPLAY"):
-        return ("no graphical display: DISPLAY is not set. Start MPS from a desktop session "
-                "(or run the pipeline headless with the 'mps' command)")
+        return ("no graphical display: DISPLAY is not set.\nStart MPS from a desktop "
+                "session, or run the pipeline headless with the 'mps' command.")
     plugin = _xcb_plugin()
     if plugin is None:
         return None  # nothing to check against: let Qt report
     try:
         ctypes.CDLL(str(plugin))
     except OSError as e:
-        first = re.findall(r"[\w.+-]+\.so(?:\.\d+)*", Path(str(e).split(":")[0]).name)
         missing = _missing_libraries(XCB_LIBRARIES)
-        missing += [n for n in first if n not in missing and n != plugin.name]
+        culprit = _library_in_error(e)
+        if culprit and culprit != plugin.name and culprit not in missing:
+            missing.append(culprit)
         if not missing:
-            return f"Qt's display plugin cannot be loaded: {e}"
+            return f"Qt's display plugin cannot be loaded: {e.__cause__ or e}"
         pkgs = " ".join(dict.fromkeys(_debian_package(n) for n in missing))
-        return ("system libraries needed to open windows are missing: "
-                + ", ".join(missing) + ".\nInstall them, e.g. on Debian/Ubuntu: "
-                f"sudo apt-get install {pkgs}\n(on Fedora: sudo dnf install xcb-util-cursor "
-                "xcb-util-wm xcb-util-image xcb-util-keysyms xcb-util-renderutil "
-                "libxkbcommon-x11 mesa-libEGL)")
+        return ("system libraries needed to open windows are missing:\n  "
+                + ", ".join(missing) + "\nInstall them; on Debian/Ubuntu:\n"
+                f"  sudo apt-get install {pkgs}\n(elsewhere: the packages that provide "
+                "these files)")
     if not _display_reachable(env["DISPLAY"]):
-        return (f"cannot connect to the X display {env['DISPLAY']!r} (DISPLAY): is the "
+        return (f"cannot connect to the X display {env['DISPLAY']!r} (DISPLAY).\nIs the "
                 "desktop session running, and is this user allowed to use it?")
     return None
 
@@ -168,7 +184,8 @@ def _show_without_qt(text: str) -> None:
     import shutil
     import subprocess
 
-    if os.environ.get("MPS_NO_DIALOG") or not os.environ.get("DISPLAY") or sys.stdin.isatty():
+    started_from_terminal = sys.stdin is not None and sys.stdin.isatty()
+    if os.environ.get("MPS_NO_DIALOG") or not os.environ.get("DISPLAY") or started_from_terminal:
         return
     for cmd in (["zenity", "--error", "--title=MPS", "--text", text],
                 ["kdialog", "--title", "MPS", "--error", text],
@@ -182,7 +199,7 @@ def _show_without_qt(text: str) -> None:
 
 
 def _cannot_start_qt(e: BaseException | str) -> int:
-    text = f"mps-gui: cannot start the graphical interface: {e}"
+    text = f"mps-gui: cannot start the graphical interface:\n{e}"
     if isinstance(e, BaseException):
         text += ("\nOn Linux this usually means a system library is missing: install "
                  "libxkbcommon-x11-0, libxcb-cursor0 and libegl1 (e.g. sudo apt-get install "
