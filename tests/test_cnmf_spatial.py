@@ -9,8 +9,9 @@ from scipy import ndimage as ndi
 
 from mps_core.cnmf.clusters import centroids, cluster_boxes, cluster_units, dilate
 from mps_core.cnmf.noise import pixel_noise
-from mps_core.cnmf.spatial import (BoxFootprints, merge_boxes, nonneg_lasso_cd, plan_boxes,
-                                   sufficient_statistics, update_footprints)
+from mps_core.cnmf.spatial import (BoxFootprints, covariance_maps, merge_boxes, nonneg_lasso_cd,
+                                   plan_boxes, select_smoothing, smoothing_scores,
+                                   sufficient_statistics, unit_windows, update_footprints)
 from mps_core.cnmf.yra import compute_yra
 from mps_core.synth import _ar_calcium, _make_footprints, _make_spikes, simulate
 
@@ -333,3 +334,81 @@ def test_update_rejects_inconsistent_inputs(rec):
         update_footprints(YC, CC, A, noise, min_penalty=2, max_penalty=1)
     with pytest.raises(ValueError, match="A_init"):
         update_footprints(YC, CC, A[:3], noise)
+
+
+# ----------------------------------------------------------------------------- 7e smoothness
+
+
+def _energy_iou(x, y, frac=0.9):
+    """IoU of the smallest pixel sets holding ``frac`` of each image's energy."""
+    def mask(a):
+        order = np.argsort(a.ravel())[::-1]
+        k = int(np.searchsorted(np.cumsum(a.ravel()[order]), frac * a.sum())) + 1
+        m = np.zeros(a.size, bool)
+        m[order[:k]] = True
+        return m
+    mx, my = mask(x), mask(y)
+    return (mx & my).sum() / (mx | my).sum()
+
+
+def _blob_scene(profile, seed=0):
+    """Nine cells on a grid, footprints given by ``profile(r)`` (peak 1), independent sparse
+    traces, white noise: the movie and the true footprints and traces."""
+    rng = np.random.default_rng(seed)
+    H = W = 90
+    yy, xx = np.mgrid[:H, :W]
+    centres = [(15 + 30 * i + rng.uniform(-2, 2), 15 + 30 * j + rng.uniform(-2, 2))
+               for i in range(3) for j in range(3)]
+    A = np.stack([profile(np.hypot(yy - cy, xx - cx)) for cy, cx in centres]).astype(np.float32)
+    T = 800
+    C = np.stack([_ar_calcium(_make_spikes(rng, 1, T, 0.05), np.array([0.9]))[0]
+                  for _ in centres]).astype(np.float32) * 20
+    Y = np.einsum("nhw,nt->thw", A, C) + rng.normal(0, 2.0, (T, H, W))
+    return Y.astype(np.float32), A, C
+
+
+def _measure(Y, A_est, C, pad):
+    windows = unit_windows(A_est, pad)
+    YC, _ = sufficient_statistics(da.from_array(Y, chunks=(300, -1, -1)), C, plans=windows)
+    maps = covariance_maps(YC.products, windows, YC.pixel_mean, C, YC.n_frames)
+    sigmas = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]
+    sigma, med, used = select_smoothing(smoothing_scores(A_est, windows, maps, sigmas), sigmas)
+    return sigma, med, used
+
+
+def test_smoothness_of_blurred_cells_is_measured_and_restores_their_tails():
+    # one-photon-like cells: Gaussian blur (sigma 5 px) with wide tails; the estimate keeps
+    # only the pixels above 30 % of the peak, as a sparse per-pixel update would
+    Y, A, C = _blob_scene(lambda r: np.exp(-0.5 * (r / 5.0) ** 2))
+    est = np.where(A > 0.3, A, 0).astype(np.float32)
+    sigma, med, used = _measure(Y, est, C, pad=10)
+    assert used >= 4 and 2.0 <= sigma <= 5.0, (sigma, med)
+    assert med[list((0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)).index(sigma)] > med[0]
+    before = [_energy_iou(e, a) for e, a in zip(est, A)]
+    after = [_energy_iou(ndi.gaussian_filter(e, sigma), a) for e, a in zip(est, A)]
+    assert max(before) < 0.5 and min(after) > 0.6, (before, after)
+
+
+def test_sharp_cells_are_left_almost_unsmoothed():
+    # flat-topped somata with a one-pixel edge, estimated exactly: smoothing only blurs them
+    Y, A, C = _blob_scene(lambda r: np.clip(6.5 - r, 0, 1))
+    sigma, med, _ = _measure(Y, A, C, pad=6)
+    assert sigma <= 0.5, (sigma, med)
+
+
+def test_smoothness_ignores_noise_units():
+    # half the units are noise (random traces on empty patches): they must not decide
+    Y, A, C = _blob_scene(lambda r: np.clip(6.5 - r, 0, 1))
+    rng = np.random.default_rng(9)
+    noise_A = np.roll(A, 15, axis=2)[:8]  # between the cells
+    A2 = np.concatenate([A, noise_A])
+    C2 = np.concatenate([C, rng.random((8, C.shape[1])).astype(np.float32) * 20])
+    sigma, _, used = _measure(Y, A2, C2, pad=6)
+    assert sigma <= 0.5 and used <= 10
+
+
+def test_select_smoothing_needs_zero_first_and_handles_no_scores():
+    with pytest.raises(ValueError, match="first candidate"):
+        select_smoothing(np.ones((2, 2)), [1.0, 2.0])
+    sigma, med, used = select_smoothing(np.full((3, 2), np.nan), [0.0, 1.0])
+    assert sigma == 0.0 and used == 0 and np.isnan(med).all()

@@ -209,6 +209,34 @@ def test_7f_keeps_raw_and_smoothed(session, scene):
     assert np.array_equal(C.frame.values, scene.frames)
 
 
+def test_7f_smooths_with_the_scale_7e_measured(session, scene):
+    store, _ = session
+    sm = json.loads(store.load("7e", "A_updated").attrs["report"])["smoothness"]
+    # bright, compact synthetic cells estimated well: (almost) no smoothing is measured
+    assert sm["units_scored"] == len(scene.ids) and 0 <= sm["sigma_px"] <= 0.1 * D
+    assert sm["median_correlation"][sm["candidates_px"].index(sm["sigma_px"])] == \
+        max(sm["median_correlation"])
+    rep = json.loads(store.load("7f", "A_refined").attrs["report"])
+    assert rep["smoothing_sigma_px"] == sm["sigma_px"]
+    assert rep["smoothing_sigma_rule"] == "measured from the data in 7e"
+    # a value set in 7f wins; without 7e's measurement the old rule applies
+    p = s7.MergeValidateParams(smoothing_sigma=2.0)
+    assert s7.smoothing_sigma(p, {"smoothness": sm}, D) == (2.0, "parameter")
+    assert s7.smoothing_sigma(s7.MergeValidateParams(), {}, D)[0] == pytest.approx(0.1 * D)
+
+
+def test_8c_exports_the_refined_footprints_when_asked(session, tmp_path):
+    store, _ = session
+    p = s8.ExportParams(footprints="refined", figures=False, export_zarr=False)
+    s8.run_export(p, SimpleContext(output_dir=tmp_path), **_inputs_8c(store))
+    A = np.load(tmp_path / "export" / "A.npy")
+    ids = np.load(tmp_path / "export" / "unit_ids.npy")
+    refined = store.load("7f", "A_refined").sel(unit_id=ids).values
+    np.testing.assert_array_equal(A[:, Y0:Y0 + H, X0:X0 + W], refined)
+    js = json.loads((tmp_path / "export" / "mps_export.json").read_text())
+    assert js["footprints"] == "A_refined"
+
+
 def test_final_traces_correlate_with_truth(session, scene):
     store, _ = session
     C = store.load("8b", "C_final")
@@ -240,8 +268,8 @@ def test_numpy_export_layout(session, scene):
     np.testing.assert_array_equal(ids, kept)
     np.testing.assert_array_equal(frames, scene.frames)  # original indices of C's columns
     np.testing.assert_array_equal(motion, scene.shifts_all[scene.frames])
-    # footprints placed back at the crop offsets, zeros outside the crop
-    refined = store.load("7f", "A_refined").sel(unit_id=kept).values
+    # 7f's smoothed copy (the default export) placed back at the crop offsets, zeros outside
+    refined = store.load("7f", "A_refined_smoothed").sel(unit_id=kept).values
     np.testing.assert_array_equal(A[:, Y0:Y0 + H, X0:X0 + W], refined)
     outside = A.copy()
     outside[:, Y0:Y0 + H, X0:X0 + W] = 0
@@ -255,6 +283,7 @@ def test_numpy_export_layout(session, scene):
     assert np.abs(cy - true_cy).max() < 0.5
     assert js["frames"]["removed"] == {"transmission corruption": 2, "motion outlier": 2}
     assert js["pixel_grid"]["grid"] == "input video" and "numpy" in js["versions"]
+    assert js["footprints"].startswith("A_refined_smoothed")
     zs = xr.open_zarr(folder / "mps_export.zarr", consolidated=False)
     np.testing.assert_array_equal(zs["A"].values, A)
     np.testing.assert_array_equal(zs["frame"].values, frames)
@@ -352,7 +381,7 @@ def _update_inputs(scene):
     up = scene.upstream({})
     return dict(A_dilated=Ad, C_filtered=scene.traces(scene.C), clusters=cl, cluster_bounds=bd,
                 movie_cropped=scene.movie(), noise=up["5a"]["noise"], b_init=up["4e"]["b_init"],
-                f_init=up["4e"]["f_init"])
+                f_init=up["4e"]["f_init"], cell_size=cs)
 
 
 def test_suggestions_are_deterministic_and_used_exactly(scene):

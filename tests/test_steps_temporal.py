@@ -276,6 +276,36 @@ def test_6d_recovers_calcium_and_spikes(world, chain):
     assert np.all(np.abs(resid.mean(1)) < 0.1 * resid.std(1) + 1e-3)
 
 
+def test_6d_reports_spikes_before_a_double_exponential_rise():
+    # calcium of a double-exponential indicator sampled at the frame rate: 0 at the spike,
+    # first seen in the next frame (rise 50 ms, decay 500 ms, 20 fps)
+    rng = np.random.default_rng(4)
+    T, n = 1500, 6
+    t = np.arange(60) / 20.0
+    kernel = np.exp(-t / 0.5) - np.exp(-t / 0.05)
+    kernel /= kernel.max()
+    spikes = (rng.random((n, T)) < 0.01).astype(float) * rng.uniform(1, 2, (n, T))
+    spikes[:, :5] = 0
+    calcium = np.stack([np.convolve(s, kernel)[:T] for s in spikes])
+    Y = (10 + calcium + 0.1 * rng.standard_normal((n, T))).astype(np.float32)
+    fc = _frame_coords(T, 20.0)
+    YrA = xr.DataArray(Y, dims=("unit_id", "frame"), coords={"unit_id": np.arange(n), **fc})
+    A = xr.DataArray(np.ones((n, 2, 2), np.float32), dims=("unit_id", "height", "width"),
+                     coords={"unit_id": np.arange(n)})
+
+    def fit(lag):
+        S = STEP_6D(STEP_6D.params(spike_lag_frames=lag), _ctx(), YrA=YrA,
+                    A_prep=A)["S_temporal"].values
+        return np.median([_corr(a, b) for a, b in zip(S, spikes)]), S
+
+    r1, S1 = fit(1)  # the default
+    r0, S0 = fit(0)
+    assert STEP_6D.params().spike_lag_frames == 1
+    assert r1 > 0.7 and r0 < 0.4, (r1, r0)
+    np.testing.assert_array_equal(S1[:, :-1], S0[:, 1:])  # the same spikes, one frame earlier
+    assert not S1[:, -1].any()
+
+
 def test_6d_records_solver_and_objective_per_unit(chain):
     rep = chain["solver_report"]
     ids = chain["YrA"].unit_id.values.tolist()
@@ -359,6 +389,29 @@ def test_6e_drops_the_flat_unit_with_its_reason(world, chain):
     assert set(more["unit_id"]) == small | {FLAT} and len(small) >= 3
     for uid, why in zip(more["unit_id"], more["reason"]):
         assert ("empty footprint" in why) == (uid in small)
+
+
+def test_6e_drops_weak_units_by_peak_snr(world, chain):
+    rep = chain["solver_report"]
+    sn = dict(zip(rep["units"]["unit_id"], rep["units"]["sn"]))
+    C = chain["C_temporal"]
+    snr = {int(u): float(C.sel(unit_id=u).max()) / sn[int(u)] for u in C.unit_id.values
+           if sn[int(u)] > 0}
+    thr = float(np.median(list(snr.values())))
+    args = dict(A_prep=chain["A_prep"], C_temporal=C, S_temporal=chain["S_temporal"])
+    out = STEP_6E(STEP_6E.params(min_snr=thr), _ctx(), solver_report=rep, **args)["dropped_6e"]
+    # a unit without a noise level (the flat one) has no SNR: it fails the check too
+    weak = {u for u, v in snr.items() if v < thr} | {int(u) for u in C.unit_id.values
+                                                     if int(u) not in snr}
+    assert weak and weak <= set(out["unit_id"])
+    for uid, why, v in zip(out["unit_id"], out["reason"], out["snr"]):
+        assert ("weak" in why) == (uid in weak), (uid, why)
+        if uid in snr and uid in weak:
+            assert v == pytest.approx(snr[uid], rel=1e-5)
+    assert out["snr_checked"] and out["thresholds"]["min_snr"] == thr
+    # without 6d's report (or with min_snr 0) the check does not run
+    off = STEP_6E(STEP_6E.params(min_snr=thr), _ctx(), **args)["dropped_6e"]
+    assert not off["snr_checked"] and off["unit_id"] == [FLAT]
 
 
 # -- through the runner -----------------------------------------------------------------

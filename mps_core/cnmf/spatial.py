@@ -60,7 +60,8 @@ from .clusters import check_labels
 from .yra import footprints_csr, frame_chunked
 
 __all__ = ["BoxPlan", "BoxProducts", "BoxFootprints", "MergedFootprints", "plan_boxes",
-           "sufficient_statistics", "update_footprints", "merge_boxes"]
+           "sufficient_statistics", "update_footprints", "merge_boxes", "unit_windows",
+           "covariance_maps", "smoothing_scores", "select_smoothing"]
 
 Box = tuple[int, int, int, int]
 Compute = Callable[..., tuple]
@@ -432,6 +433,112 @@ def _results_csr(results: list[BoxFootprints], previous: sp.csr_matrix) -> sp.cs
     vals.append(keep.data)
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                          shape=(n, npix), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- 7e smoothness
+
+
+def unit_windows(A: np.ndarray, pad: int) -> list[BoxPlan]:
+    """One single-unit `BoxPlan` per unit: the bounding box of its support (``A > 0``) grown by
+    ``pad`` px and clipped to the frame, every pixel of the box (an empty footprint gets an
+    empty plan). Streamed with the 7e statistics, they give each unit's covariance map."""
+    A = np.asarray(A)
+    if A.ndim != 3:
+        raise ValueError(f"unit_windows: A must be (unit, height, width), got {A.shape}")
+    if int(pad) != pad or pad < 0:
+        raise ValueError(f"unit_windows: pad must be an integer >= 0 (pixels), got {pad!r}")
+    n, H, W = A.shape
+    out = []
+    for u in range(n):
+        ys, xs = np.nonzero(A[u] > 0)
+        if ys.size == 0:
+            out.append(BoxPlan((0, 0, 0, 0), np.array([u], np.int64), np.zeros(0, np.int64),
+                               np.zeros((0, 1), bool)))
+            continue
+        y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, H)
+        x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, W)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        pixels = (yy * W + xx).ravel().astype(np.int64)
+        out.append(BoxPlan((y0, y1, x0, x1), np.array([u], np.int64), pixels,
+                           np.ones((pixels.size, 1), bool)))
+    return out
+
+
+def covariance_maps(products: list[np.ndarray], windows: list[BoxPlan], pixel_mean: np.ndarray,
+                    C: np.ndarray, n_frames: int) -> list[np.ndarray]:
+    """Per window, the (h, w) covariance over the frames of each pixel with the unit's trace,
+    ``mean_t(Y_pt c_t) - mean_t(Y_pt) mean_t(c_t)``: what the data look like under the unit
+    while it is active, tails included, from the streamed products (first column)."""
+    mean = np.asarray(pixel_mean, np.float64).ravel()
+    cmean = np.asarray(C, np.float64).mean(axis=1)
+    out = []
+    for prod, w in zip(products, windows):
+        y0, y1, x0, x1 = w.box
+        u = int(w.units[0])
+        cov = prod[:, 0] / n_frames - mean[w.pixels] * cmean[u]
+        out.append(cov.reshape(y1 - y0, x1 - x0))
+    return out
+
+
+def smoothing_scores(A: np.ndarray, windows: list[BoxPlan], cov_maps: list[np.ndarray],
+                     sigmas: list[float]) -> np.ndarray:
+    """(n_units, n_sigmas) Pearson correlation, over each unit's window, between its footprint
+    smoothed with a Gaussian of each sigma (0: unsmoothed) and its covariance map (NaN for an
+    empty footprint or a flat map). The footprint is smoothed on a crop padded by 4 sigma, so
+    the window sees the same values as a smoothing of the whole frame."""
+    A = np.asarray(A, np.float32)
+    n, H, W = A.shape
+    if len(windows) != n or len(cov_maps) != n:
+        raise ValueError(f"smoothing_scores: {len(windows)} windows and {len(cov_maps)} maps "
+                         f"for {n} units")
+    if any(not s >= 0 for s in sigmas):
+        raise ValueError(f"smoothing_scores: sigmas must be >= 0, got {list(sigmas)}")
+    out = np.full((n, len(sigmas)), np.nan)
+    for u, (w, cov) in enumerate(zip(windows, cov_maps)):
+        if w.pixels.size == 0 or not A[u].max() > 0:
+            continue
+        for k, s in enumerate(sigmas):
+            out[u, k] = _pearson(_smoothed_window(A[u], w.box, float(s)).ravel(), cov.ravel())
+    return out
+
+
+def select_smoothing(scores: np.ndarray, sigmas: list[float]) -> tuple[float, np.ndarray, int]:
+    """The sigma with the highest median correlation over the clearest units (ties: the
+    smallest sigma), those medians and the number of units they are taken over.
+
+    The clearest units are those whose footprint, as given (``sigmas[0]`` must be 0),
+    correlates with their covariance map at least as well as the median unit does: the
+    smoothness is a property of the cells, and noise units and fragments, whose maps are
+    mostly noise, would otherwise pull it towards whatever smooths noise best. Returns 0 when
+    no unit could be scored."""
+    scores = np.asarray(scores, np.float64)
+    if len(sigmas) == 0 or sigmas[0] != 0:
+        raise ValueError(f"select_smoothing: the first candidate must be 0 (no smoothing), got "
+                         f"{list(sigmas)}")
+    ok = np.isfinite(scores).all(axis=1)
+    if not ok.any():
+        return 0.0, np.full(len(sigmas), np.nan), 0
+    clear = ok & (np.nan_to_num(scores[:, 0], nan=-np.inf) >= np.median(scores[ok, 0]))
+    med = np.median(scores[clear], axis=0)
+    return float(sigmas[int(np.argmax(med))]), med, int(clear.sum())
+
+
+def _smoothed_window(a: np.ndarray, box: Box, sigma: float) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    if sigma <= 0:
+        return a[y0:y1, x0:x1].astype(np.float64)
+    H, W = a.shape
+    pad = int(np.ceil(4 * sigma))
+    Y0, Y1, X0, X1 = max(y0 - pad, 0), min(y1 + pad, H), max(x0 - pad, 0), min(x1 + pad, W)
+    sm = ndi.gaussian_filter(a[Y0:Y1, X0:X1].astype(np.float64), sigma, mode="constant")
+    return sm[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    den = np.sqrt((x @ x) * (y @ y))
+    return float(x @ y / den) if den > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------- 7f merge

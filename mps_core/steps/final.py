@@ -57,6 +57,14 @@ class FinalYrAParams(YrAParams):
 
 
 class FinalTemporalParams(TemporalSolverParams):
+    # the final YrA keeps some cross-talk of neighbouring cells, slow and not counted in the
+    # high-frequency noise level: twice 6d's weight keeps it out of C and S (benchmark, dense
+    # recordings: trace r 0.91 -> 0.94, activity r up; sparse, clean cells: unchanged)
+    sparse_penalty: float = P(2.0, "Weight of the L1 penalty on spikes, in units of each unit's "
+                              "noise level; higher gives fewer but surer spikes, lower finds "
+                              "more events but more noise. Twice 6d's default, as the final "
+                              "traces carry slow cross-talk the noise level does not count.",
+                              ge=0, le=10000)
     include_background: bool = P(False, "Also fit the background trace (f) with the units, so "
                                  "that background fluctuations are not absorbed by the traces.")
 
@@ -74,6 +82,11 @@ class ExportParams(StepParams):
                                "all.", ge=-1, le=1)
     exclude_rejected: bool = P(True, "Leave out units rejected during curation; off exports them "
                                "too, labelled as rejected.")
+    footprints: Literal["smoothed", "refined"] = P(
+        "smoothed", "Footprints exported and checked: 'smoothed' (7f's copy smoothed to the "
+        "smoothness the data show: the cells' spatial extent, tails included) or 'refined' "
+        "(those step 8 read the traces through). 'smoothed' falls back to 'refined' when 7f "
+        "stored no smoothed copy.")
     export_numpy: bool = P(True, "Write NumPy arrays (A, C, S, motion, frames, b, f, unit ids) "
                            "with footprints in the input video's pixel grid.")
     export_zarr: bool = P(True, "Write every final array with its coordinates as chunked zarr "
@@ -343,14 +356,15 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
                config: dict, cell_size: dict, movie_cropped: xr.DataArray,
                solver_report_final: dict, b_init: xr.DataArray | None = None,
                f_init: xr.DataArray | None = None, quarantine: Any = None,
-               file_health: Any = None) -> dict:
+               file_health: Any = None, A_refined_smoothed: xr.DataArray | None = None) -> dict:
     """Step 8c: the final filter, then the exports (module docstring)."""
     if ctx.output_dir is None:
         raise StepError("step 8c has no output folder to export into (ctx.output_dir)")
     ids = np.asarray(A_refined.unit_id.values, np.int64)
     require_units(ids.size, "A_refined", "8c")
     check_frames("8c", movie_cropped, ("C_final", C_final), ("S_final", S_final))
-    A = values(ctx, A_refined, "reading footprints").astype(np.float32, copy=False)
+    source, A_out = exported_footprints(p.footprints, A_refined, A_refined_smoothed)
+    A = values(ctx, A_out, "reading footprints").astype(np.float32, copy=False)
     C = aligned_traces(ctx, C_final, ids, "C_final", "8c")
     S = aligned_traces(ctx, S_final, ids, "S_final", "8c")
     d = diameter(cell_size)
@@ -407,6 +421,7 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
             "units_after_each_check": counts},
         "curation": ("no curation labels recorded; exclude_rejected has nothing to exclude"),
         "quarantine": quarantine,
+        "footprints": source,
         "parameters": {"8c": p.model_dump(mode="json"), "config": config, "crop": crop,
                        "cell_size": cell_size,
                        "solver_8b": (solver_report_final or {}).get("settings")},
@@ -444,6 +459,18 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
                 "thresholds": {"min_size_px": min_size, "min_snr": p.min_snr,
                                "min_correlation": p.min_correlation}}
     return {"final_units": final_units, "export_manifest": manifest}
+
+
+def exported_footprints(choice: str, A_refined: xr.DataArray,
+                        A_smoothed: xr.DataArray | None) -> tuple[str, xr.DataArray]:
+    """(what was chosen, the footprints): 7f's smoothed copy when asked for and stored for the
+    same units, else A_refined (step 8's)."""
+    if choice == "smoothed" and A_smoothed is not None and A_smoothed.sizes["unit_id"] and \
+            np.array_equal(A_smoothed.unit_id.values, A_refined.unit_id.values):
+        return "A_refined_smoothed (7f's smoothed copy)", A_smoothed
+    if choice == "smoothed":
+        return "A_refined (7f stored no smoothed copy)", A_refined
+    return "A_refined", A_refined
 
 
 def _has(module: str) -> bool:
@@ -550,7 +577,7 @@ STEP_8C = Step(
     inputs=("A_refined", "C_final", "S_final", "crop", "frame_index", "motion_qc", "shifts",
             "mean_frame", "config", "cell_size", "movie_cropped", "solver_report_final"),
     # exported when present: background, quarantine labels; file_health tells the video's grid
-    optional_inputs=("b_init", "f_init", "quarantine", "file_health"),
+    optional_inputs=("b_init", "f_init", "quarantine", "file_health", "A_refined_smoothed"),
     outputs=("final_units", "export_manifest"), run=run_export,
     previews=(Preview("filter", "Final filter", _preview_export),),
 )

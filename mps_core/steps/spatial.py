@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -40,8 +41,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import norm
 
 from ..cnmf import clusters as cl
-from ..cnmf.spatial import (BoxFootprints, merge_boxes, plan_boxes, sufficient_statistics,
-                            update_footprints)
+from ..cnmf.spatial import (BoxFootprints, BoxProducts, covariance_maps, merge_boxes,
+                            plan_boxes, select_smoothing, smoothing_scores,
+                            sufficient_statistics, unit_windows, update_footprints)
 from ..cnmf.yra import compute_yra
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..framewise import sample_indices
@@ -125,6 +127,10 @@ class SpatialUpdateParams(StepParams):
     use_suggestions: bool = P(False, "Replace penalty_scale, min_penalty, max_penalty and min_std "
                               "with the values step 7d suggested; off uses the values set "
                               "here.")
+    measure_smoothness: bool = P(True, "Also measure, in the same pass over the movie, how "
+                                 "smooth the footprints are in the data (the scale step 7f "
+                                 "smooths them with by default); off saves a little time.",
+                                 advanced=True)
 
     @model_validator(mode="after")
     def _penalty_range(self) -> "SpatialUpdateParams":
@@ -135,14 +141,16 @@ class SpatialUpdateParams(StepParams):
 
 
 class MergeValidateParams(StepParams):
-    smoothing: bool = P(False, "Smooth the footprints passed on to step 8 with a Gaussian; "
-                        "leave off unless they look ragged, since smoothing spreads them into "
-                        "neighbours.")
+    smoothing: bool = P(False, "Pass the smoothed footprints on to step 8 (its traces are then "
+                        "read through them); off, step 8 reads the traces through the sharper "
+                        "footprints of 7e, which separate neighbouring cells better, and the "
+                        "smoothed copy is what step 8c exports by default.")
     smoothing_sigma: float | None = P(
-        None, "Sigma of the Gaussian smoothing; null: 0.1 x cell diameter. Lower it if "
-        "footprints look diffuse.", gt=0, le=100, unit="px")
-    keep_both_versions: bool = P(True, "Also store a smoothed copy (A_refined_smoothed) when "
-                                 "smoothing is off, to compare before deciding.")
+        None, "Sigma of the Gaussian smoothing; null: the scale step 7e measured from the data "
+        "(0 = no smoothing, e.g. for sharp cells), or 0.1 x cell diameter when 7e did not "
+        "measure it.", ge=0, le=100, unit="px")
+    keep_both_versions: bool = P(True, "Also store the smoothed copy (A_refined_smoothed) when "
+                                 "smoothing is off: step 8c exports it by default.")
     handle_overlaps: bool = P(True, "Reconcile pixels that a unit received from several "
                               "overlapping cluster boxes; keep on (off can leave seams at box "
                               "edges).")
@@ -553,6 +561,9 @@ def _wrap(text: str, width: int, indent: str) -> str:
 # ----------------------------------------------------------------------------- 7e
 
 _UPDATE_KEYS = ("penalty_scale", "min_penalty", "max_penalty", "min_std")
+# candidate smoothing widths, in cell diameters (0: none), and the margin of each unit's window
+_SMOOTHING_D = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.35, 0.4)
+_WINDOW_PAD_D = 0.5
 
 
 def update_values(p: SpatialUpdateParams, suggestions: dict | None) -> dict[str, Any]:
@@ -575,7 +586,7 @@ def update_values(p: SpatialUpdateParams, suggestions: dict | None) -> dict[str,
 def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered: xr.DataArray,
                clusters: dict, cluster_bounds: dict, movie_cropped: xr.DataArray,
                noise: xr.DataArray, b_init: xr.DataArray, f_init: xr.DataArray,
-               spatial_suggestions: dict | None = None) -> dict:
+               cell_size: dict, spatial_suggestions: dict | None = None) -> dict:
     used = update_values(p, spatial_suggestions)
     ids = np.asarray(A_dilated.unit_id.values, np.int64)
     require_units(ids.size, "A_dilated", "7e")
@@ -599,11 +610,15 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
         plans = plan_boxes(A, labels, boxes)
     except ValueError as e:
         raise StepError(f"step 7e: {e}; rerun 7c") from None
+    d = diameter(cell_size)
+    # one window per unit, streamed in the same pass: its covariance map with the data
+    windows = unit_windows(A, int(round(_WINDOW_PAD_D * d))) if p.measure_smoothness else []
     t0 = time.perf_counter()
     YC, CC = sufficient_statistics(
-        movie_cropped, C, f=f, plans=plans, chunk_frames=p.chunk_frames or None,
+        movie_cropped, C, f=f, plans=plans + windows, chunk_frames=p.chunk_frames or None,
         compute=lambda *c: ctx.compute(*c, message="7e: statistics over all frames"))
     t_stats = time.perf_counter() - t0
+    YC, window_products = _split_windows(YC, len(plans))
 
     def on_plan(done: int, total: int) -> None:
         ctx.check_cancel()  # between clusters: a cancel is honoured within one cluster's solve
@@ -621,6 +636,8 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
         out[r.units[:, None], r.pixels[None, :]] = r.values
     empty = ids[out.max(axis=1) <= 0]
     bg = [r.background for r in results if r.background is not None and r.background.size]
+    smooth = (_measure_smoothness(out.reshape(ids.size, H, W), windows, window_products, YC, C,
+                                  d, ctx) if p.measure_smoothness else None)
     report = {
         **{k: used[k] for k in _UPDATE_KEYS}, "source": used["source"],
         "background": "re-estimated in the boxes (b x f_init)",
@@ -630,12 +647,44 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
         "unknowns": int(sum(int(pl.support.sum()) for pl in plans)),
         "n_frames": int(YC.n_frames), "empty_units": empty.tolist(),
         "seconds_statistics": round(t_stats, 3), "seconds_solve": round(t_solve, 3),
+        "smoothness": smooth,
     }
     if empty.size:
         ctx.warn(f"{empty.size} units have an empty footprint after the update (dropped by 7f)")
     return {"A_updated": footprints_array(
         out.reshape(ids.size, H, W), ids, "A_updated", {"report": _attrs_json(report)},
         unit_coords={"cluster": labels})}
+
+
+def _split_windows(YC: BoxProducts, n_plans: int) -> tuple[BoxProducts, list[np.ndarray]]:
+    """The statistics of the cluster plans, and the products of the unit windows after them."""
+    windows = YC.products[n_plans:]
+    return replace(YC, plans=YC.plans[:n_plans], products=YC.products[:n_plans]), windows
+
+
+def _measure_smoothness(A: np.ndarray, windows: list, products: list, YC: BoxProducts,
+                        C: np.ndarray, d: float, ctx) -> dict:
+    """The smoothing scale that makes the updated footprints agree best with the data.
+
+    The per-pixel update leaves footprints noisy and cut where their support or a
+    neighbour ends, while in one-photon data a footprint is as smooth as the optics blur it.
+    Each unit's covariance map (the data under it while it is active, tails included) is
+    compared with its footprint smoothed by Gaussians of ``_SMOOTHING_D`` x d; the sigma with
+    the highest median correlation over the clearest half of the units
+    (:func:`~mps_core.cnmf.spatial.select_smoothing`) is the data's smoothness scale (0 when
+    smoothing does not help, as for sharp, well-sampled cells)."""
+    ctx.progress(1.0, "7e: measuring the footprints' smoothness")
+    sigmas = [round(f * d, 2) for f in _SMOOTHING_D]
+    maps = covariance_maps(products, windows, YC.pixel_mean, C, YC.n_frames)
+    scores = smoothing_scores(A, windows, maps, sigmas)
+    sigma, medians, n_used = select_smoothing(scores, sigmas)
+    return {"sigma_px": sigma, "sigma_diameters": round(sigma / d, 3) if d > 0 else None,
+            "candidates_px": sigmas,
+            "median_correlation": [None if not np.isfinite(v) else round(float(v), 4)
+                                   for v in medians],
+            "units_scored": int(np.isfinite(scores).all(axis=1).sum()),
+            "units_used": n_used,
+            "window_pad_px": int(round(_WINDOW_PAD_D * d))}
 
 
 def _report(arr: xr.DataArray) -> dict:
@@ -650,6 +699,14 @@ def _sample_units(n: int, k: int) -> np.ndarray:
         np.zeros(0, int)
 
 
+def _smoothness_text(sm: dict | None) -> str:
+    if not sm:
+        return "smoothness: not measured"
+    return (f"smoothness of the data: sigma {sm['sigma_px']} px "
+            f"(from the {sm.get('units_used')} clearest of {sm['units_scored']} units; 7f "
+            f"smooths the exported copy with it)")
+
+
 def _preview_update(outputs, inputs, params) -> Figure:
     new, old = outputs["A_updated"], inputs["A_dilated"]
     r = _report(new)
@@ -661,7 +718,8 @@ def _preview_update(outputs, inputs, params) -> Figure:
                       f"background: {r.get('background')}",
                       f"empty after update: {len(r.get('empty_units', []))}",
                       f"time: statistics {r.get('seconds_statistics')} s, "
-                      f"solve {r.get('seconds_solve')} s"])
+                      f"solve {r.get('seconds_solve')} s",
+                      _smoothness_text(r.get("smoothness"))])
     area_old = np.asarray((old > 0).sum(("height", "width")).values)
     area_new = np.asarray((new > 0).sum(("height", "width")).values)
     return Figure("7e Spatial update", [
@@ -680,7 +738,7 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
               cell_size: dict, movie_cropped: xr.DataArray, b_init: xr.DataArray,
               f_init: xr.DataArray) -> dict:
     d = diameter(cell_size)
-    sigma = sizes.length(p.smoothing_sigma, d, 0.1, minimum=0.5)
+    sigma, sigma_rule = smoothing_sigma(p, _report(A_updated), d)
     ids = np.asarray(A_updated.unit_id.values, np.int64)
     require_units(ids.size, "A_updated", "7f")
     A = values(ctx, A_updated, "reading footprints").astype(np.float32, copy=False)
@@ -699,7 +757,9 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
               if "cluster" in A_updated.coords else np.arange(kept_ids.size))
     smooth = p.smoothing or p.keep_both_versions
     res = merge_boxes(_box_results(A_m, labels), (H, W), kept_ids.size,
-                      sigma=sigma if smooth else None)
+                      sigma=sigma if smooth and sigma > 0 else None)
+    if smooth and res.smoothed is None:  # a measured scale of 0: the smoothed copy is the raw
+        res = replace(res, smoothed=res.raw.copy())
     # every unit is non-empty here, so merge_boxes keeps all of them, in order
     raw, smoothed = res.raw, res.smoothed
     final = smoothed if p.smoothing else raw
@@ -713,6 +773,7 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
     report = {"dropped_empty": dropped_empty, "merged_duplicates": groups_report,
               "n_in": int(n), "n_out": int(kept_ids.size), "smoothing": p.smoothing,
               "smoothing_sigma_px": sigma if smooth else None,
+              "smoothing_sigma_rule": sigma_rule if smooth else None,
               "duplicate_overlap": p.duplicate_overlap,
               "duplicate_correlation": p.duplicate_correlation,
               "handle_overlaps": p.handle_overlaps,
@@ -730,6 +791,17 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
         "C_refined": traces_array(C_out, kept_ids, frame_coords(C_filtered),
                                   "C_refined").assign_attrs(attrs),
     }
+
+
+def smoothing_sigma(p: MergeValidateParams, update_report: dict, d: float) -> tuple[float, str]:
+    """7f's smoothing width and where it came from: the parameter, else 7e's measurement of the
+    data's smoothness, else 0.1 x d (7e did not measure it)."""
+    if p.smoothing_sigma is not None:
+        return float(p.smoothing_sigma), "parameter"
+    measured = (update_report.get("smoothness") or {}).get("sigma_px")
+    if measured is not None:
+        return float(measured), "measured from the data in 7e"
+    return max(0.1 * d, 0.5), "0.1 x cell diameter (7e did not measure the smoothness)"
 
 
 def find_duplicates(A: np.ndarray, C: np.ndarray, overlap: float,
@@ -909,7 +981,7 @@ STEP_7E = Step(
             "streamed pass over the movie.",
     params=SpatialUpdateParams,
     inputs=("A_dilated", "C_filtered", "clusters", "cluster_bounds", "movie_cropped", "noise",
-            "b_init", "f_init"),
+            "b_init", "f_init", "cell_size"),
     optional_inputs=("spatial_suggestions",), outputs=("A_updated",), run=run_update,
     previews=(Preview("update", "Before / after", _preview_update),),
 )
