@@ -21,6 +21,9 @@ EXIT_USAGE, EXIT_FAILED, EXIT_CANCELLED = 2, 1, 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .memwatch import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread exists
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

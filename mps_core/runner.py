@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from .execution import Execution
 from .figures import render_png
+from .memwatch import PeakMemory, limit_malloc_arenas, release_free_memory
 from .params import ParamSet
 from .registry import Cancelled, Step, StepError, StepNotImplemented, chunk_frames_for
 from .store import SessionStore, library_versions
@@ -133,6 +134,7 @@ class Runner:
             cancel: threading.Event | None = None) -> list[StepResult]:
         """Run a range of steps. Raises PlanError before anything runs, StepFailed on failure."""
         cancel = cancel or threading.Event()
+        limit_malloc_arenas()  # once per process; the command and the app do it at start
         chosen = self.plan(start, stop)
         config = self.params[self.steps[0].id]
         for s in [self.steps[0]] + [s for s in chosen if s is not self.steps[0]]:
@@ -166,6 +168,8 @@ class Runner:
         t0 = time.time()
         run = self.store.begin(step.id)
         ctx = RunContext(step, execution, cancel, self.on_progress, output_dir=run.tmp)
+        release_free_memory()  # what earlier steps left behind is not this step's peak
+        memory = PeakMemory().__enter__()
         try:
             inputs, fingerprints = self._load_inputs(step)
             outputs = step(params, ctx, **inputs)
@@ -181,6 +185,7 @@ class Runner:
                 "versions": library_versions(), "started": now_iso_from(t0),
                 "duration_s": round(time.time() - t0, 3), "finished_time": time.time(),
                 "warnings": ctx.warnings,
+                "peak_memory_mb": round(memory.peak_mb, 1),
                 "execution": {"workers": execution.n_workers,
                               "memory_limit_bytes": execution.memory_limit_bytes,
                               "scheduler": execution.scheduler_address or "local threads"},
@@ -203,8 +208,10 @@ class Runner:
                 self.store.record_failure(step.id, "interrupted")
                 raise
             return self._fail(step, f"{type(e).__name__}: {e}", t0)
+        finally:
+            memory.__exit__(None, None, None)
         dt = time.time() - t0
-        log.info("step %s done in %.1f s", step.id, dt)
+        log.info("step %s done in %.1f s (peak memory %.0f MB)", step.id, dt, memory.peak_mb)
         self._event(step.id, "done", f"{dt:.1f} s")
         return StepResult(step.id, "done", dt, warnings=ctx.warnings)
 

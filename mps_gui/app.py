@@ -212,6 +212,9 @@ def _cannot_start_qt(e: BaseException | str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     multiprocessing.freeze_support()
+    from mps_core.memwatch import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread exists
     ap = argparse.ArgumentParser(prog="mps-gui", description="MPS desktop application")
     ap.add_argument("session", nargs="?", type=Path, help="a session output folder to open")
     ap.add_argument("--smoke-test", action="store_true",

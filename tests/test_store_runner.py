@@ -3,6 +3,7 @@
 import json
 import threading
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -211,3 +212,77 @@ def test_non_session_folder_refused(tmp_path):
 
     with pytest.raises(StoreError, match="not empty and is not an MPS session"):
         SessionStore(tmp_path)
+
+
+# -- how movies are stored -------------------------------------------------------------------
+
+def _movie(frames=100, h=300, w=200, chunks=30, seed=0):
+    rng = np.random.default_rng(seed)
+    m = (rng.random((frames, h, w), dtype=np.float32) * 200).astype(np.float32)
+    m[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    arr = xr.DataArray(da.from_array(m, chunks=(chunks, -1, -1)), dims=("frame", "height", "width"),
+                       coords={"frame": np.arange(frames) * 2}, name="movie")
+    return m, arr
+
+
+def _put_and_load(tmp_path, value):
+    store = SessionStore(tmp_path / "s")
+    run = store.begin("x")
+    jobs = run.put("movie", value)
+    dask.compute(*jobs)
+    return run.path_of("movie"), run.load("movie")
+
+
+def test_round_mantissa_keeps_eleven_significant_bits():
+    from mps_core.store import MOVIE_KEEPBITS, round_mantissa
+
+    x = np.random.default_rng(1).normal(0, 1000, 10_000).astype(np.float32)
+    r = round_mantissa(x)
+    assert np.all(np.abs(r - x) <= np.abs(x) * 2.0 ** -(MOVIE_KEEPBITS + 1))
+    assert np.array_equal(round_mantissa(r), r)  # rounding twice changes nothing
+    low = r.view(np.uint32) & np.uint32((1 << (23 - MOVIE_KEEPBITS)) - 1)
+    assert not low.any() and not np.array_equal(r, x)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    assert np.array_equal(round_mantissa(special), special, equal_nan=True)
+
+
+def test_movies_are_sharded_in_tiles_and_read_back_in_whole_frame_chunks(tmp_path):
+    import zarr
+
+    from mps_core.store import MOVIE_TILE
+
+    m, arr = _movie()
+    path, back = _put_and_load(tmp_path, arr)
+    z = zarr.open_array(str(path / "movie"), mode="r")
+    assert z.chunks == (30, MOVIE_TILE, MOVIE_TILE)  # one pixel's series reads one tile
+    assert z.shards[0] == 30 and z.shards[1] >= 300 and z.shards[2] >= 200
+    assert back.data.chunks[1:] == ((300,), (200,)) and back.data.chunks[0][0] == 30
+    got = back.values
+    finite = np.isfinite(m)
+    assert np.array_equal(np.isfinite(got), finite)
+    assert np.allclose(got[finite], m[finite], rtol=2.0 ** -11, atol=0)
+    assert np.array_equal(back[:, 150, 100].values, got[:, 150, 100])
+
+
+def test_uneven_frame_chunks_are_regularised_before_storing(tmp_path):
+    m, arr = _movie(frames=95, h=40, w=50)
+    uneven = arr.chunk({"frame": (10, 40, 5, 40)})
+    _, back = _put_and_load(tmp_path, uneven)
+    c = back.data.chunks[0]
+    assert len(set(c[:-1])) == 1 and c[-1] <= c[0]
+    finite = np.isfinite(m)
+    assert np.allclose(back.values[finite], m[finite], rtol=2.0 ** -11, atol=0)
+
+
+def test_integer_movies_are_stored_exactly(tmp_path):
+    m = np.random.default_rng(2).integers(0, 256, (50, 70, 130), dtype=np.uint8)
+    arr = xr.DataArray(da.from_array(m, chunks=(20, -1, -1)), dims=("frame", "height", "width"))
+    _, back = _put_and_load(tmp_path, arr)
+    assert back.dtype == np.uint8 and np.array_equal(back.values, m)
+
+
+def test_manifest_records_the_steps_peak_memory(session):
+    params, store = session
+    Runner(STEPS, params, store).run(stop="c")
+    for step_id in ("1", "a", "b", "c"):
+        assert 50 < store.manifest(step_id)["peak_memory_mb"] < 100_000

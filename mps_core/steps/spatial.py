@@ -151,9 +151,9 @@ class MergeValidateParams(StepParams):
         "measure it.", ge=0, le=100, unit="px")
     keep_both_versions: bool = P(True, "Also store the smoothed copy (A_refined_smoothed) when "
                                  "smoothing is off: step 8c exports it by default.")
-    handle_overlaps: bool = P(True, "Reconcile pixels that a unit received from several "
-                              "overlapping cluster boxes; keep on (off can leave seams at box "
-                              "edges).")
+    handle_overlaps: bool = P(True, "Has no effect in MPS: 7e solves each unit in exactly one "
+                              "cluster box, so no pixel is claimed twice. Kept so parameter "
+                              "files written for the user guide's 7f still load.")
     duplicate_overlap: float = P(0.8, "Two units whose footprints share more than this fraction "
                                  "of the smaller one's pixels are duplicate candidates; lower it "
                                  "to merge more.", ge=0, le=1)
