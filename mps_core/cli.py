@@ -5,6 +5,10 @@
     mps params --defaults
     mps export SESSION --step ID --format numpy DEST
     mps demo [--output DIR]
+    mps notify-test
+
+`mps run ... --notify` and `mps batch ... --notify` report the end of the work through the
+saved notification settings (see mps_core.notify).
 
 User mistakes print one line (and where the log is) and exit non-zero; never a traceback.
 """
@@ -18,6 +22,8 @@ import time
 from pathlib import Path
 
 EXIT_USAGE, EXIT_FAILED, EXIT_CANCELLED = 2, 1, 130
+_NOTIFY_HELP = ("when the work ends (done or failed), notify through the saved settings: "
+                "command and/or e-mail (see `mps notify-test`)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .export import FORMATS
 
     p = argparse.ArgumentParser(prog="mps", description="MPS: miniscope processing, headless.")
     p.add_argument("--version", action="version", version=f"mps {__version__}")
@@ -52,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.key=value",
                    help="override one parameter, e.g. --set 2b.denoise_method=gaussian")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--notify", action="store_true", help=_NOTIFY_HELP)
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser("batch", help="run the pipeline on many sessions listed in a file")
@@ -72,7 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.key=value",
                    help="override one parameter for every session")
     b.add_argument("--quiet", action="store_true", help="only the summary table")
+    b.add_argument("--notify", action="store_true", help=_NOTIFY_HELP)
     b.set_defaults(func=cmd_batch)
+
+    nf = sub.add_parser("notify-test", help="send a test notification with the saved "
+                                            "notification settings")
+    nf.set_defaults(func=cmd_notify_test)
 
     s = sub.add_parser("steps", help="list the pipeline steps and which are implemented")
     s.set_defaults(func=cmd_steps)
@@ -133,11 +146,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="folder to write (default: SESSION/curated_export)")
     ec.add_argument("--include-rejected", action="store_true",
                     help="keep rejected units in the export, labelled as rejected")
-    ec.add_argument("--formats", nargs="+", metavar="FORMAT",
-                    choices=["numpy", "zarr", "json", "pickle", "table", "figures"],
+    ec.add_argument("--formats", nargs="+", metavar="FORMAT", choices=FORMATS,
                     default=["numpy", "zarr", "json", "figures"],
-                    help="numpy, zarr, json, pickle, table, figures (default: numpy zarr json "
+                    help=", ".join(FORMATS) + " (default: numpy zarr json "
                          "figures)")
+    ec.add_argument("--table-format", choices=["csv", "parquet"], default="csv",
+                    help="file format of the per-frame tables when 'table' is chosen")
     ec.set_defaults(func=cmd_export_curated)
 
     d = sub.add_parser("demo", help="make a small synthetic recording and run every implemented step")
@@ -269,10 +283,12 @@ def cmd_run(args) -> int:
     except ParamError as e:
         print(f"mps: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    return run_pipeline(params, args.start, args.stop, quiet=args.quiet)
+    return run_pipeline(params, args.start, args.stop, quiet=args.quiet, notify=args.notify)
 
 
-def run_pipeline(params, start: str | None, stop: str | None, quiet: bool = False) -> int:
+def run_pipeline(params, start: str | None, stop: str | None, quiet: bool = False,
+                 notify: bool = False) -> int:
+    """Run steps start..stop; with `notify`, report the ending through the saved settings."""
     from .runner import PlanError, Runner, StepFailed
     from .steps import STEPS
     from .steps.config import check_config
@@ -288,6 +304,12 @@ def run_pipeline(params, start: str | None, stop: str | None, quiet: bool = Fals
     bar = ProgressBar(enabled=not quiet)
     runner = Runner(STEPS, params, store, on_progress=bar.update, on_event=bar.event)
     cancel = threading.Event()
+    t0 = time.monotonic()
+
+    def tell(status: str, summary: str) -> None:
+        if notify:
+            _notify_end("run", store.root, status, summary, time.monotonic() - t0)
+
     try:
         results = runner.run(start, stop, cancel=cancel)
     except PlanError as e:
@@ -295,15 +317,58 @@ def run_pipeline(params, start: str | None, stop: str | None, quiet: bool = Fals
         return EXIT_USAGE
     except StepFailed as e:
         bar.close()
+        tell("failed", str(e))
         return _fail(str(e), store.log_path)
     except KeyboardInterrupt:
         cancel.set()
+        tell("cancelled", "interrupted (Ctrl-C)")
         raise
     bar.close()
     total = sum(r.duration_s for r in results)
-    print(f"ran steps {results[0].step_id}..{results[-1].step_id} in {total:.1f} s; "
-          f"results in {store.root}")
+    line = f"ran steps {results[0].step_id}..{results[-1].step_id} in {total:.1f} s"
+    if results and results[-1].status == "cancelled":
+        tell("cancelled", f"step {results[-1].step_id} cancelled")
+    else:
+        tell("done", line)
+    print(f"{line}; results in {store.root}")
     return 0
+
+
+def _notify_end(kind: str, folder: Path, status: str, summary: str, duration_s: float,
+                details: str = "", event=None) -> None:
+    """Send the ending through the saved settings; problems are warnings, never failures."""
+    from . import notify as nt
+
+    try:
+        settings = nt.load_settings()
+    except ValueError as e:
+        print(f"mps: warning: no notification sent: {e}", file=sys.stderr)
+        return
+    if not settings.any_channel():
+        print(f"mps: warning: --notify: no notification channel is enabled in "
+              f"{nt.settings_path()}", file=sys.stderr)
+        return
+    event = event or nt.Event(kind, Path(folder), status, summary, duration_s, details)
+    for o in nt.notify(event, settings):
+        print(f"mps: notification {o.line()}", file=sys.stderr)
+
+
+def cmd_notify_test(args) -> int:
+    from . import notify as nt
+
+    path = nt.settings_path()
+    try:
+        settings = nt.load_settings()
+    except ValueError as e:
+        return _fail(str(e))
+    if not settings.any_channel():
+        return _fail(f"no notification channel is enabled in {path}: enable the command or "
+                     f"the e-mail there (or in the app: Tools > Notifications...)")
+    outcomes = nt.send_test(settings)
+    for o in outcomes:
+        print(o.line())
+    print(f"settings: {path}")
+    return 0 if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
 def cmd_batch(args) -> int:
@@ -342,6 +407,10 @@ def cmd_batch(args) -> int:
 
     outcomes = batch.run_batch(entries, params, on_event=show, rerun=args.rerun,
                                parallel=args.parallel, stop=args.stop, summary=summary)
+    if args.notify:
+        from .notify import batch_event
+
+        _notify_end("batch", summary.parent, "", "", 0.0, event=batch_event(outcomes, summary))
     print(batch.format_table(outcomes))
     for o in outcomes:
         if o.status == "failed" and o.log:
@@ -473,7 +542,8 @@ def cmd_export_curated(args) -> int:
 
     try:
         out = export_curated(SessionStore(args.session, create=False), args.dest,
-                             include_rejected=args.include_rejected, formats=args.formats)
+                             include_rejected=args.include_rejected, formats=args.formats,
+                             table_format=args.table_format)
     except (StoreError, CurationError, ValueError) as e:
         return _fail(str(e))
     merged = f", {len(out['merged'])} merged" if out["merged"] else ""

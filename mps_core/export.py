@@ -18,13 +18,16 @@ Files (all in one folder):
 * JSON (``mps_export.json``): units (ids, centroids in full-frame pixels, sizes, SNR, labels),
   parameters, frame summary, versions, time stamp (the only field that changes between two
   exports of the same data).
+  The JSON is written last and lists every file of the export (``files``), itself included.
 * pickle (``mps_export.pkl``): everything in one dict, for Python users (written, never read).
-* per-frame tables (``C_table.csv`` / ``S_table.csv``, or ``.parquet``): frame index columns,
-  then one column per unit.
+* NWB (``mps_export.nwb``): footprints, C, S, timestamps, motion and session facts in the
+  Neurodata Without Borders format (:mod:`mps_core.nwb_export` has the layout).
+* per-frame tables (``C_table.csv`` / ``S_table.csv``, or ``.parquet`` with pyarrow, a
+  dependency of MPS): frame index columns, then one column per unit.
 * figures (``figures/*.png``).
 
 Writers are deterministic: the same data gives byte-identical files (the JSON's time stamp
-aside).
+aside; the NWB file also records the export time as its ``file_create_date``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from .store import jsonable
 __all__ = ["ExportData", "place_in_frame", "export_step", "write_numpy", "write_zarr", "write_json",
            "write_pickle", "write_tables", "write_figures", "write_formats", "FORMATS"]
 
-FORMATS = ("numpy", "zarr", "json", "pickle", "table", "figures")
+FORMATS = ("numpy", "zarr", "json", "pickle", "nwb", "table", "figures")
 FRAME_COLUMNS = ("frame", "movie_number", "local_frame", "time_s", "hw_stamp")
 
 
@@ -241,14 +244,19 @@ def summary(data: ExportData, with_time: bool = False) -> dict:
                    "n_frames": int(data.frames.size), **data.metadata})
 
 
-def write_json(folder: Path, data: ExportData, name: str = "mps_export.json") -> list[dict]:
+def write_json(folder: Path, data: ExportData, name: str = "mps_export.json",
+               files: list[dict] | None = None) -> list[dict]:
+    """The JSON summary; ``files``: the export's other files, listed with this one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     _fresh(path)
-    path.write_text(json.dumps(summary(data, with_time=True), indent=1,
-                               default=jsonable) + "\n")
-    return [_entry(folder, path, "json")]
+    entry = _entry(folder, path, "json")
+    body = summary(data, with_time=True)
+    if files is not None:  # after the metadata: a re-export's own list replaces a copied one
+        body["files"] = [*files, entry]
+    path.write_text(json.dumps(body, indent=1, default=jsonable) + "\n")
+    return [entry]
 
 
 # ----------------------------------------------------------------------------- pickle
@@ -293,7 +301,9 @@ def per_frame_table(data: ExportData, traces: np.ndarray):
 
 
 def write_tables(folder: Path, data: ExportData, fmt: str = "csv") -> list[dict]:
-    """``C_table`` and ``S_table`` as CSV or parquet (parquet needs pyarrow)."""
+    """``C_table`` and ``S_table`` as CSV or parquet (pyarrow engine, no pandas index; the
+    file's embedded pandas metadata holds no time stamp, so it is byte-identical between
+    two exports of the same data)."""
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"write_tables: fmt must be 'csv' or 'parquet', got {fmt!r}")
     folder = Path(folder)
@@ -306,7 +316,7 @@ def write_tables(folder: Path, data: ExportData, fmt: str = "csv") -> list[dict]
         if fmt == "csv":
             df.to_csv(path, index=False, float_format="%.6g")
         else:
-            df.to_parquet(path, index=False)
+            df.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
         out.append(_entry(folder, path, fmt, df.shape, None))
     return out
 
@@ -374,27 +384,34 @@ def _outline(a: np.ndarray, label: str):
 def write_formats(folder: Path, data: ExportData, formats: set[str] | list[str], *,
                   table_format: str = "csv", figure_units: int = 20,
                   counts: dict[str, int] | None = None) -> list[dict]:
-    """Write every format of ``formats`` (names in :data:`FORMATS`); returns the file list."""
+    """Write every format of ``formats`` (names in :data:`FORMATS`); returns the file list.
+
+    The JSON summary is written last so that it can list every other file.
+    """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"write_formats: unknown formats {sorted(unknown)}; allowed: "
                          f"{', '.join(FORMATS)}")
     out: list[dict] = []
     for fmt in FORMATS:  # fixed order, so the file list is the same every time
-        if fmt not in formats:
+        if fmt not in formats or fmt == "json":
             continue
         if fmt == "numpy":
             out += write_numpy(folder, data)
         elif fmt == "zarr":
             out += write_zarr(folder, data)
-        elif fmt == "json":
-            out += write_json(folder, data)
         elif fmt == "pickle":
             out += write_pickle(folder, data)
+        elif fmt == "nwb":
+            from .nwb_export import write_nwb
+
+            out += write_nwb(folder, data)
         elif fmt == "table":
             out += write_tables(folder, data, table_format)
         elif fmt == "figures":
             out += write_figures(folder, data, figure_units, counts)
+    if "json" in formats:
+        out += write_json(folder, data, files=list(out))
     return out
 
 

@@ -224,6 +224,9 @@ class BatchWindow(QDialog):
         for o in result:
             counts[o.status] = counts.get(o.status, 0) + 1
         self.message.setText("Batch finished: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        from .notify_dialog import notify_batch_end
+
+        notify_batch_end(result, self.thread.summary if self.thread else None, parent=self)
 
     def reject(self) -> None:
         if self.running():

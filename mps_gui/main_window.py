@@ -27,6 +27,7 @@ from .dialogs import (
     AutorunDialog, HelpWindow, LoadPreviousDialog, NewSessionDialog, about_text, step_help_page,
 )
 from .gui_gc import GuiThreadCollector
+from .notify_dialog import RunNotifier
 from .preview_panel import PreviewPanel
 from .session import Session
 from .settings import Settings
@@ -56,6 +57,7 @@ class MainWindow(QMainWindow):
         self.last_error: str | None = None   # the last failure shown (tests read it)
 
         self._collector = GuiThreadCollector(self)
+        self.notifier = RunNotifier(self)   # reports the end of multi-step runs
         self.setWindowTitle("MPS")
         self._build_central()
         self._build_docks()
@@ -173,6 +175,7 @@ class MainWindow(QMainWindow):
         _action(t, "Open data explorer", self.open_explorer)
         _action(t, "Stitch streams...", self.open_stitch)
         _action(t, "Open session folder", self.open_folder_in_files)
+        _action(t, "Notifications...", self.notifier.open_dialog)
 
         h = mb.addMenu("&Help")
         _action(h, "User guide", self.show_help, QKeySequence.StandardKey.HelpContents)
@@ -421,6 +424,7 @@ class MainWindow(QMainWindow):
         self.thread.step_event.connect(self._on_step_event)
         self.thread.outcome.connect(self._on_outcome)
         self.thread.finished.connect(self._on_thread_finished)
+        self.notifier.watch(self.thread, start, stop)
         for page in self.pages.values():
             page.set_blocked("another run is in progress")
             page.set_cancellable(True)
@@ -688,7 +692,8 @@ class MainWindow(QMainWindow):
             event.ignore()          # closes again when the worker has stopped
             return
         self._autorun_timer.stop()
-        for attr in ("_explorer", "_export_dialog", "_stitch_dialog", "_batch_window"):
+        for attr in ("_explorer", "_export_dialog", "_stitch_dialog", "_batch_window",
+                     "_notify_dialog"):
             child = getattr(self, attr, None)
             if child is not None:
                 child.close()      # each stops and waits for its own worker first

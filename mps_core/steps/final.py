@@ -24,6 +24,18 @@ C's columns. Checks:
   active). One streamed pass over the movie (:func:`mps_core.cnmf.spatial.sufficient_statistics`
   with one box per unit); skipped when ``min_correlation`` is -1.
 
+Curation: the explorer keeps its labels in ``SESSION/curation.json`` (:mod:`mps_core.curation`;
+the session folder is step 1's ``output_dir``). 8c reads that file at every run: with
+``exclude_rejected`` on, units labelled "rejected" are left out of every export file and listed
+in the JSON (``curation.excluded``); off, they are exported with their label (the units'
+``curation`` column). The file is not a step output, so the runner does not mark 8c stale when
+labels change: re-run 8c (seconds) to apply them. Merges, accepted units that the final filter
+removed and restored quarantined units are applied by the explorer's curated export only.
+
+NWB (``export_nwb``, :mod:`mps_core.nwb_export`): the session facts come from step 1 (animal
+and session ids), 2a (orientation settings, recorded in the imaging plane's description) and
+the recording folder (start time, see :func:`mps_core.nwb_export.recording_info`).
+
 Parameters with a ``None`` default are derived from the expected cell diameter d (the
 ``cell_size`` output of 3a); "a cell's area" means pi * (d / 2) ** 2 pixels.
 """
@@ -31,6 +43,7 @@ Parameters with a ``None`` default are derived from the expected cell diameter d
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -39,7 +52,9 @@ import xarray as xr
 from .. import export as ex
 from ..cnmf.clusters import centroids
 from ..cnmf.spatial import BoxPlan, sufficient_statistics
+from ..curation import CURATION_FILE, CurationError, load_curation
 from ..figures import Figure, HistPanel, LinePanel, TextPanel
+from ..nwb_export import recording_info
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
 from ..store import library_versions, now_iso
@@ -385,6 +400,7 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
     removed_by = [",".join(k for k, bad in fails.items() if bad[i]) for i in range(ids.size)]
     if not keep.any():
         ctx.warn("the final filter removed every unit; the export holds no units")
+    exported_at = now_iso()
 
     # -- what is exported
     cent = centroids(A) + np.array([y0, x0])
@@ -399,27 +415,49 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
         f_sel = f_init.sel(frame=frames) if "frame" in f_init.coords else f_init
         f = values(ctx, f_sel, "reading f")
     mean_full = _mean_full(mean_frame, y0, x0, full)
-    k = np.flatnonzero(keep)
+    # -- the curation labels of the explorer (SESSION/curation.json), read at every run
+    cur, cur_note = _session_curation(config)
+    status = [cur.status(int(u)) if cur is not None else "unlabelled" for u in ids]
+    rejected = np.array([st == "rejected" for st in status], bool)
+    excluded = ids[keep & rejected] if p.exclude_rejected else ids[:0]
+    export_keep = keep & ~rejected if p.exclude_rejected else keep
+    k = np.flatnonzero(export_keep)
     labels = _quarantine_labels(quarantine, ids)
     units = {"centroid_y": np.round(cent[k, 0], 3), "centroid_x": np.round(cent[k, 1], 3),
              "size_px": size_px[k], "snr": np.round(snr[k], 4),
              "footprint_correlation": np.round(corr[k], 4)}
     if labels is not None:
         units["quarantine"] = [labels[i] for i in k]
+    if cur is not None and not cur.is_empty():
+        units["curation"] = [status[i] for i in k]
+        units["curation_note"] = [cur.note(int(ids[i])) for i in k]
     counts = {"from 7f": int(ids.size)}
     gone = np.zeros(ids.size, bool)
     for name, bad in fails.items():
         gone |= bad
         counts[f"after {name}"] = int((~gone).sum())
+    if p.exclude_rejected and excluded.size:
+        counts["after curation"] = int(k.size)
+    curation_meta = {
+        "file": CURATION_FILE, "source": cur_note, "exclude_rejected": bool(p.exclude_rejected),
+        "rejected": ids[rejected].tolist(), "excluded": excluded.tolist(),
+        "accepted": [int(u) for u, st in zip(ids, status) if st == "accepted"],
+        "labels_modified": cur.modified if cur is not None else None,
+        "made_for": cur.made_for if cur is not None else None,
+        "note": ("step 8c applies rejections only; accepted units the final filter removed, "
+                 "merges and restored quarantined units are applied by the explorer's "
+                 "curated export")}
+    rec = recording_info(config, frame_index, file_health)
     metadata = {
         "mps_export_version": 1,
+        "recording": rec.to_dict(),
         "pixel_grid": _grid_note(crop, file_health),
         "frames": frame_summary(frames, table, frame_index, motion_qc),
         "final_filter": {
             "min_size_px": min_size, "min_snr": p.min_snr, "min_correlation": p.min_correlation,
             "removed": {name: ids[bad].tolist() for name, bad in fails.items()},
             "units_after_each_check": counts},
-        "curation": ("no curation labels recorded; exclude_rejected has nothing to exclude"),
+        "curation": curation_meta,
         "quarantine": quarantine,
         "footprints": source,
         "parameters": {"8c": p.model_dump(mode="json"), "config": config, "crop": crop,
@@ -432,29 +470,24 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
     data = ex.ExportData(
         A=ex.place_in_frame(A[k], y0, x0, full), C=C[k], S=S[k], unit_ids=ids[k],
         frames=frames, motion=motion, frame_table=table, units=units, metadata=metadata,
-        b=b, f=f, mean_frame=mean_full, exported_at=now_iso())
+        b=b, f=f, mean_frame=mean_full, exported_at=exported_at)
     formats = {name for name, on in (("numpy", p.export_numpy), ("zarr", p.export_zarr),
                                      ("json", p.export_json), ("pickle", p.export_pickle),
-                                     ("table", p.export_table), ("figures", p.figures)) if on}
-    skipped = []
-    if p.export_nwb:
-        skipped.append({"format": "nwb", "reason": "pynwb is not installed in this version"})
-        ctx.warn("NWB export skipped: pynwb is not installed")
-    if p.export_table and p.table_format == "parquet" and not _has("pyarrow"):
-        formats.discard("table")
-        skipped.append({"format": "parquet", "reason": "pyarrow is not installed; choose csv"})
-        ctx.warn("parquet tables skipped: pyarrow is not installed (table_format csv works)")
+                                     ("nwb", p.export_nwb), ("table", p.export_table),
+                                     ("figures", p.figures)) if on}
     folder = ctx.output_dir / "export"
     ctx.progress(0.9, "writing the export files")
     files = ex.write_formats(folder, data, formats, table_format=p.table_format,
                              figure_units=p.figure_units, counts=counts)
     final_units = {
         "unit_id": ids.tolist(), "kept": keep.tolist(), "removed_by": removed_by,
+        "curation": status, "exported": export_keep.tolist(),
         "size_px": size_px.tolist(), "snr": _nan_none(snr), "footprint_correlation":
         _nan_none(corr), "centroid_y": np.round(cent[:, 0], 3).tolist(),
         "centroid_x": np.round(cent[:, 1], 3).tolist()}
-    manifest = {"folder": "export", "files": files, "skipped": skipped,
+    manifest = {"folder": "export", "files": files,
                 "n_units": int(k.size), "n_frames": int(frames.size),
+                "excluded_by_curation": excluded.tolist(), "curation": cur_note,
                 "units_after_each_check": counts,
                 "thresholds": {"min_size_px": min_size, "min_snr": p.min_snr,
                                "min_correlation": p.min_correlation}}
@@ -473,10 +506,25 @@ def exported_footprints(choice: str, A_refined: xr.DataArray,
     return "A_refined", A_refined
 
 
-def _has(module: str) -> bool:
-    import importlib.util
+def _session_curation(config: dict | None) -> tuple[Any, str]:
+    """(the session's curation labels or None, where they came from).
 
-    return importlib.util.find_spec(module) is not None
+    The labels live in ``SESSION/curation.json``, the session folder being step 1's
+    ``output_dir``. They are not a stored step output, so the runner does not fingerprint
+    them: 8c reads the file afresh at every run, and records its modification time.
+    """
+    root = (config or {}).get("output_dir")
+    if not root:
+        return None, "no session folder in step 1's config: curation labels not read"
+    path = Path(root) / CURATION_FILE
+    if not path.exists():
+        return None, f"no {CURATION_FILE} in the session folder: no curation labels"
+    try:
+        cur = load_curation(root)
+    except CurationError as e:
+        raise StepError(f"{e} (exclude_rejected reads it; fix the file, or move it away to "
+                        f"export without curation)") from None
+    return cur, f"{path}"
 
 
 def _nan_none(x: np.ndarray) -> list:
@@ -537,7 +585,8 @@ def _preview_export(outputs, inputs, params) -> Figure:
                      + [f"failing {name} ({th.get(name + '_px', th.get(name))}): {n}"
                         for name, n in removed.items()]
                      + [f"files: {len(man['files'])} in {man['folder']}/"]
-                     + [f"skipped: {s['format']} ({s['reason']})" for s in man["skipped"]])
+                     + ([f"left out as rejected in curation: {man['excluded_by_curation']}"]
+                        if man.get("excluded_by_curation") else []))
     return Figure("8c Final filter and export", [
         HistPanel("footprint size (px)", {"kept": size[kept], "removed": size[~kept]}),
         HistPanel("SNR", {"kept": snr[kept], "removed": snr[~kept]}),
