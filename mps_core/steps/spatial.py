@@ -747,8 +747,11 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
     nonempty = A.reshape(n, -1).max(axis=1) > 0
     dropped_empty = ids[~nonempty].tolist()
     rows = np.flatnonzero(nonempty)
-    groups = find_duplicates(A[rows], C[rows], p.duplicate_overlap, p.duplicate_correlation)
-    A_m, C_m, keep_rows, merged = merge_duplicates(A[rows], C[rows], groups)
+    if rows.size < n:  # a copy of A only when units must go (dense A is units x pixels)
+        A, C = A[rows], C[rows]
+    groups = find_duplicates(A, C, p.duplicate_overlap, p.duplicate_correlation)
+    A_m, C_m, keep_rows, merged = merge_duplicates(A, C, groups)
+    del A
     kept_ids = ids[rows][keep_rows]
     if kept_ids.size == 0:
         raise StepError("step 7f: every footprint is empty after the spatial update; lower "
@@ -818,7 +821,7 @@ def find_duplicates(A: np.ndarray, C: np.ndarray, overlap: float,
         return []
     flat = A.reshape(n, -1)
     peaks = flat.max(axis=1, keepdims=True)
-    S = sp.csr_matrix((flat > 0.1 * peaks).astype(np.float32))
+    S = sp.csr_matrix(flat > 0.1 * peaks, dtype=np.float32)  # no dense float copy
     area = np.asarray(S.sum(axis=1)).ravel()
     inter = sp.triu(S @ S.T, k=1).tocoo()
     i, j, shared = inter.row, inter.col, inter.data
@@ -852,6 +855,8 @@ def merge_duplicates(A: np.ndarray, C: np.ndarray, groups: list[np.ndarray]):
     (footprints, traces, kept row indices, the groups actually merged). Traces of merged units
     are placeholders here (the first unit's); the caller recomputes them from the movie.
     """
+    if not groups:
+        return A, C, np.arange(A.shape[0]), []
     A = A.copy()
     keep = np.ones(A.shape[0], bool)
     norms = np.linalg.norm(np.asarray(C, np.float64), axis=1)
