@@ -42,6 +42,7 @@ from mps_gui.explorer_map import LABEL_RGB, FootprintMap, unit_colours, value_co
 from mps_gui.explorer_movie import MoviePlayer
 from mps_gui.explorer_table import FILTERS, ID_ROLE, UnitTableModel, UnitTableView
 from mps_gui.explorer_traces import MAX_ROWS, TracePanel
+from mps_gui.gui_gc import GuiThreadCollector
 
 __all__ = ["ExplorerWindow", "open_explorer", "run_explorer", "CuratedExportDialog"]
 
@@ -82,6 +83,9 @@ class ExplorerWindow(QMainWindow):
         self.store = store
         self.data = ExplorerData(store)
         self.curation = cu.load_curation(store.root)
+        # its jobs run in threads: a collection there would delete plot items off the GUI
+        # thread (seen: a deadlock in Qt); `mps explore` has no main window to prevent it
+        self._collector = GuiThreadCollector(self)
         self.footprints: Footprints | None = None
         self.jobs: list[Job] = []
         self._selected: list[int] = []
@@ -264,6 +268,7 @@ class ExplorerWindow(QMainWindow):
         for job in list(self.jobs):
             job.cancel.set()
             job.wait(10000)
+        self._collector.stop()
         super().closeEvent(event)
 
     # ------------------------------------------------------------------ words
