@@ -2,8 +2,12 @@
 
 Python's cyclic collector runs in whichever thread happens to allocate. When the pipeline
 worker triggers it, Qt objects caught in reference cycles (plot items are) would be deleted
-off the GUI thread, which crashes Qt at random. While any window is open, automatic
-collection is off and a GUI-thread timer collects instead.
+off the GUI thread, which crashes or deadlocks Qt at random. While any window is open,
+automatic collection is off and a GUI-thread timer collects instead.
+
+Automatic collection is turned off with a zero threshold, not gc.disable(): dask's slicing
+runs under a `disable_gc` decorator that re-enables the collector after every call (it
+remembers the state of when dask was imported), which undid gc.disable() within seconds.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ import gc
 from PySide6.QtCore import QObject, QTimer
 
 _users: set[int] = set()
+_saved_threshold: tuple[int, ...] | None = None
 
 
 class GuiThreadCollector(QObject):
     def __init__(self, parent: QObject, interval_ms: int = 500):
+        global _saved_threshold
         super().__init__(parent)
-        self._threshold = gc.get_threshold()
+        if not _users:
+            _saved_threshold = gc.get_threshold()
+            gc.set_threshold(0)  # no automatic collection in any thread
+        self._threshold = _saved_threshold
         self._timer = QTimer(self)
         self._timer.timeout.connect(self.collect)
         self._timer.start(interval_ms)
         _users.add(id(self))
-        gc.disable()
 
     def collect(self) -> None:
         """Collect the generations whose counts passed the usual thresholds."""
@@ -36,5 +44,5 @@ class GuiThreadCollector(QObject):
     def stop(self) -> None:
         self._timer.stop()
         _users.discard(id(self))
-        if not _users:
-            gc.enable()
+        if not _users and _saved_threshold is not None:
+            gc.set_threshold(*_saved_threshold)

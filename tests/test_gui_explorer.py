@@ -394,3 +394,19 @@ def test_a_60_minute_session_opens_reading_only_small_slices(tmp_path, qtbot, ch
     assert dict(chunk_reads) == {("2e/movie.zarr", "movie"): 1}
     assert win.traces.cursor() == pytest.approx(win.data.times[-1])
     _close(win)
+
+
+def test_the_explorer_collects_garbage_only_on_its_gui_thread(smoke, qtbot):
+    import gc
+
+    from mps_gui import gui_gc
+
+    before = gc.get_threshold()
+    win = _open(smoke, qtbot)
+    win.select_units([_kept(win)[0]])   # dask slicing re-enables gc (its disable_gc)
+    assert id(win._collector) in gui_gc._users
+    assert gc.get_threshold()[0] == 0   # no automatic collection in any thread
+    _close(win)
+    assert id(win._collector) not in gui_gc._users
+    if not gui_gc._users:
+        assert gc.get_threshold() == before
