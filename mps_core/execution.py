@@ -61,8 +61,13 @@ class Execution:
         if self.scheduler_address:
             from distributed import Client
 
-            # the default scheduler while the run lasts, so every compute goes to the cluster
-            self.client = Client(self.scheduler_address, timeout="10s", set_as_default=True)
+            # the current client of this thread while the run lasts, so every compute of the
+            # run goes to the cluster. Not the process-wide default: a batch runs sessions in
+            # parallel threads, and one session closing "the default" client cancelled the
+            # other's computations (FutureCancelledError, seen in CI)
+            self.client = Client(self.scheduler_address, timeout="10s", set_as_default=False)
+            self._current = self.client.as_current()
+            self._current.__enter__()
         else:
             self._config = dask.config.set(scheduler="threads", num_workers=self.n_workers)
             self._config.__enter__()
@@ -78,6 +83,7 @@ class Execution:
 
     def __exit__(self, *exc) -> None:
         if self.client is not None:
+            self._current.__exit__(*exc)
             self.client.close()
             self.client = None
         if self._config is not None:
