@@ -366,3 +366,36 @@ def test_flag_erroneous_abs_max_and_mesh():
         flag_erroneous(shifts, abs_max=(1.0,))
     with pytest.raises(ValueError, match="shifts"):
         flag_erroneous(np.zeros((5, 3)))
+
+
+# ----------------------------------------------------------------------------- step 2c
+
+
+def test_step_2c_estimates_on_the_chosen_source(drift_movie):
+    """source='raw' reads 2a's frames (minus 2a's removals), 'filtered' reads 2b's movie."""
+    import xarray as xr
+
+    from mps_core.registry import SimpleContext
+    from mps_core.steps.motion import STEP_2C, MotionParams
+
+    _, frames, true = drift_movie
+    n = len(frames)
+    removed = np.zeros(n + 1, np.int8)
+    removed[-1] = 1  # one extra raw frame that 2a removed: it must not reach the estimator
+    raw = np.concatenate([frames, frames[:1] * 0 + 255], axis=0)
+    dims = ("frame", "height", "width")
+    movie_raw = xr.DataArray(da.from_array(raw, chunks=(90, -1, -1)), dims=dims,
+                             coords={"frame": np.arange(n + 1)})
+    frame_index = xr.Dataset({"removed": ("frame", removed)}, coords={"frame": np.arange(n + 1)})
+    # 2b's movie here is the first frame repeated: no motion in it at all.
+    still = np.broadcast_to(frames[:1], frames.shape).copy()
+    movie_filtered = xr.DataArray(da.from_array(still, chunks=(90, -1, -1)), dims=dims,
+                                  coords={"frame": np.arange(n)})
+    kw = dict(movie_filtered=movie_filtered, movie_raw=movie_raw, frame_index=frame_index)
+    raw_s = STEP_2C(MotionParams(source="raw"), SimpleContext(), **kw)["shifts"]
+    assert raw_s.sizes["frame"] == n and list(raw_s.frame.values) == list(range(n))
+    err = offset_free_error(raw_s.values, true)
+    assert np.sqrt((err**2).mean()) < 0.1
+    still_s = STEP_2C(MotionParams(source="filtered"), SimpleContext(), **kw)["shifts"]
+    assert np.abs(still_s.values).max() < 0.05
+
