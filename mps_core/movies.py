@@ -38,6 +38,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from .registry import Cancelled
+from .store import released_message
 
 Progress = Callable[[float, str], None]
 
@@ -167,6 +168,9 @@ def open_stage(store, stage: str) -> xr.DataArray:
     """
     info = _check_stage(stage)
     if info.grid == "full":
+        if store.released(info.step, info.output):
+            raise StageMissing(f"stage '{stage}' ({info.title}): "
+                               f"{released_message(info.step, info.output)}")
         if not store.has(info.step, info.output):
             raise StageMissing(
                 f"stage '{stage}' ({info.title}) is not in {store.root}: step {info.step} makes "

@@ -64,6 +64,9 @@ class Step:
     optional_inputs: tuple[str, ...] = ()
     # checks that need no data, run before anything runs (raise StepError)
     preflight: Callable[[Any], None] | None = None
+    # outputs that may be deleted to save disk once every step reading them is done
+    # (step 1's delete_intermediate_movies)
+    intermediate: tuple[str, ...] = ()
 
     @property
     def implemented(self) -> bool:

@@ -22,7 +22,7 @@ from .figures import render_png
 from .memwatch import PeakMemory, limit_malloc_arenas, release_free_memory
 from .params import ParamSet
 from .registry import Cancelled, Step, StepError, StepNotImplemented, chunk_frames_for
-from .store import SessionStore, library_versions
+from .store import SessionStore, library_versions, released_message
 
 log = logging.getLogger("mps")
 
@@ -123,6 +123,9 @@ class Runner:
                     raise PlanError(f"step {s.id} needs '{name}', which no step produces")
                 if src in planned:
                     continue
+                if self.store.released(src, name):
+                    raise PlanError(f"step {s.id} ({s.title}) cannot run: "
+                                    f"{released_message(src, name)}")
                 if not self.store.has(src, name):
                     raise PlanError(f"step {s.id} ({s.title}) needs '{name}' from step {src}, "
                                     f"which has no result in {self.store.root}; run from step "
@@ -212,8 +215,22 @@ class Runner:
             memory.__exit__(None, None, None)
         dt = time.time() - t0
         log.info("step %s done in %.1f s (peak memory %.0f MB)", step.id, dt, memory.peak_mb)
+        self._release_intermediates()
         self._event(step.id, "done", f"{dt:.1f} s")
         return StepResult(step.id, "done", dt, warnings=ctx.warnings)
+
+    def _release_intermediates(self) -> None:
+        """Delete intermediate movies that every step reading them has used (if asked)."""
+        if not getattr(self.params[self.steps[0].id], "delete_intermediate_movies", False):
+            return
+        status = self.store.statuses([s.id for s in self.steps])
+        for s in self.steps:
+            for name in s.intermediate:
+                readers = [r for r in self.steps if name in r.inputs + r.optional_inputs]
+                if readers and all(status[r.id] == "done" for r in readers) \
+                        and self.store.release(s.id, name):
+                    log.info("deleted '%s' of step %s to save disk: every step reading it "
+                             "is done", name, s.id)
 
     def _fail(self, step: Step, message: str, t0: float) -> StepResult:
         log.error("step %s failed: %s", step.id, message)

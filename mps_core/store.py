@@ -310,6 +310,34 @@ class SessionStore:
         p = self.failure_path(step_id)
         return json.loads(p.read_text()) if p.exists() else None
 
+    def released(self, step_id: str, name: str) -> bool:
+        """True when the output was deleted after use to save disk (see `release`)."""
+        m = self.manifest(step_id)
+        return bool(m and name in m.get("released", {}))
+
+    def release(self, step_id: str, name: str) -> bool:
+        """Delete one stored output to free disk; the rest of the step's result stays done.
+
+        The manifest stops listing the output first (under "released" instead), so a crash
+        before the files are gone leaves an orphan folder, never a listed half-deleted one.
+        Returns False when there was nothing to delete.
+        """
+        m = self.manifest(step_id)
+        if not m or name not in m.get("outputs", {}):
+            return False
+        fname = m["outputs"].pop(name)
+        m.setdefault("released", {})[name] = {"file": fname, "time": now_iso()}
+        target = self.step_dir(step_id) / "manifest.json"
+        tmp = target.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps(m, indent=1, default=jsonable))
+        tmp.replace(target)
+        path = self.step_dir(step_id) / fname
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return True
+
     def has(self, step_id: str, name: str) -> bool:
         m = self.manifest(step_id)
         return bool(m and name in m.get("outputs", {}))
@@ -318,6 +346,8 @@ class SessionStore:
         """Load one output lazily (arrays stay on disk until computed)."""
         m = self.manifest(step_id)
         if not m or name not in m.get("outputs", {}):
+            if m and name in m.get("released", {}):
+                raise StoreError(f"{self.root}: {released_message(step_id, name)}")
             raise StoreError(f"{self.root}: step {step_id} has no output '{name}' "
                              f"(run step {step_id} first)")
         return load_path(self.step_dir(step_id) / m["outputs"][name])
@@ -363,7 +393,7 @@ class SessionStore:
             if not m or self.status(d.name) == "stale":
                 continue
             for fname in m.get("outputs", {}).values():
-                if fname.endswith(".zarr"):
+                if fname.endswith(".zarr") and (d / fname).exists():
                     rows += _removals(d / fname, d.name)
         target = self.root / REMOVED_FILE
         if not rows:
@@ -374,6 +404,12 @@ class SessionStore:
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(header + "".join(line + "\n" for _, line in rows))
         tmp.replace(target)
+
+
+def released_message(step_id: str, name: str) -> str:
+    """What to tell a user who needs an output that `SessionStore.release` deleted."""
+    return (f"'{name}' of step {step_id} was deleted after use to save disk (step 1's "
+            f"delete_intermediate_movies); run from step {step_id} to make it again")
 
 
 def _removals(path: Path, step_id: str) -> list[tuple[int, str]]:

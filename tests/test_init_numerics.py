@@ -388,3 +388,28 @@ def test_correlation_image_peaks_at_cells(synth10):
     assert np.median(ci[c[:, 0], c[:, 1]]) > 0.5 and np.percentile(ci, 50) < 0.2
     loc = (ci == ndi.maximum_filter(ci, size=5)) & (ci > 0.3)
     assert (_peaks_near(rec.centroids(), np.argwhere(loc)) <= 2).mean() >= 0.9
+
+
+def test_3b_auto_subsample_bounds_the_fit_and_keeps_the_components(synth10, monkeypatch):
+    """frame_subsample 0 (auto) fits on about AUTO_FIT_FRAMES frames; the spatial components
+    span nearly the same space as a fit on every frame, and the temporal ones cover all."""
+    import xarray as xr
+
+    from mps_core.registry import SimpleContext
+    from mps_core.steps import initialisation as ini
+
+    assert ini.fit_subsample(0, 4000) == 1 and ini.fit_subsample(0, 4001) == 2
+    assert ini.fit_subsample(0, 36000) == 9 and ini.fit_subsample(5, 100) == 5
+    _, movie = synth10
+    mc = xr.DataArray(da.from_array(movie, chunks=(64, -1, -1)), dims=("frame", "height", "width"),
+                      coords={"frame": np.arange(len(movie))})
+    monkeypatch.setattr(ini, "AUTO_FIT_FRAMES", 100)  # 300 frames -> every 3rd
+    out = {}
+    for sub in (0, 1):
+        p = ini.NNDSVDParams(n_components=8, frame_subsample=sub)
+        out[sub] = ini.nndsvd_init(p, SimpleContext(), mc, {"diameter_px": 10.0})
+    assert out[0]["singular_values"].attrs["frame_subsample"] == 3
+    assert out[1]["singular_values"].attrs["frame_subsample"] == 1
+    assert out[0]["nndsvd_temporal"].sizes["frame"] == len(movie)
+    a, b = (out[s]["nndsvd_spatial"].values.reshape(8, -1)[:5].T for s in (0, 1))
+    assert np.degrees(subspace_angles(a, b)).max() < 20

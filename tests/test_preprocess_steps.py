@@ -205,3 +205,33 @@ def test_demo_command_runs(tmp_path, capsys):
     rmse = float(out.split("planted shifts")[1].split("px")[0])
     assert rmse < 0.2  # see test_motion_recovered_within_a_fifth_of_a_pixel
     assert "planted cells found" in out
+
+
+def test_intermediate_movies_deleted_once_used(tmp_path):
+    """delete_intermediate_movies: 2a/2b/2e movies go once every reader is done, 3a's stays,
+    the removed-frames list and the statuses are unaffected, and a resume that needs a
+    deleted movie is refused with a message saying why."""
+    from mps_core.runner import PlanError
+
+    _recording(tmp_path / "rec")
+    ps, store = _session(tmp_path, tmp_path / "rec", **{"1": {"delete_intermediate_movies": True}})
+    Runner(STEPS, ps, store).run(stop="2b")
+    assert store.has("2a", "movie_raw")  # 2c reads it too and has not run
+    Runner(STEPS, ps, store).run(start="2c", stop="3a")
+    for sid, name in (("2a", "movie_raw"), ("2b", "movie_filtered"), ("2e", "movie")):
+        assert not store.has(sid, name) and store.released(sid, name)
+        assert not (store.step_dir(sid) / f"{name}.zarr").exists()
+    assert store.has("3a", "movie_cropped") and store.has("2a", "frame_index")
+    assert set(store.statuses(["2a", "2b", "2c", "2d", "2e", "2f", "3a"]).values()) == {"done"}
+    listed = (store.root / REMOVED_FILE).read_text()
+    assert all(f"\n{t}\t" in listed for t in CORRUPT)
+    with pytest.raises(PlanError, match="deleted after use to save disk"):
+        Runner(STEPS, ps, store).run(start="2c", stop="2c")
+    Runner(STEPS, ps, store).run(start="2a", stop="2a")  # rerun from the source: fine
+    assert store.has("2a", "movie_raw")
+
+
+def test_intermediate_movies_kept_by_default(done_session):
+    _, _, store = done_session
+    assert store.has("2a", "movie_raw") and store.has("2b", "movie_filtered")
+    assert store.has("2e", "movie") and not store.released("2a", "movie_raw")

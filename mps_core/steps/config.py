@@ -34,6 +34,11 @@ class ConfigParams(StepParams):
     scheduler_address: str = P("", "Address of an existing Dask distributed scheduler "
                                "(e.g. tcp://10.0.0.5:8786); empty runs on this machine.",
                                advanced=True)
+    delete_intermediate_movies: bool = P(
+        False, "Delete the loaded (2a), denoised (2b) and motion-corrected (2e) movies as soon "
+        "as every step reading them is done; the cropped movie of 3a, which all later steps "
+        "read, is kept. A session then needs about a third of the disk (hours-long "
+        "recordings). Changing 2b to 3a afterwards needs a rerun from 2a.", advanced=True)
 
 
 def check_config(p: ConfigParams) -> None:

@@ -105,4 +105,5 @@ STEP_2B = Step(
     params=FilterParams, inputs=("movie_raw", "frame_index"),
     outputs=("movie_filtered", "glow_frame"), run=filter_movie,
     previews=(Preview("before_after", "Raw vs processed", _preview),),
+    intermediate=("movie_filtered",),
 )

@@ -91,6 +91,14 @@ class CropParams(StepParams):
                               "in the session folder (for figures and presentations).")
 
 
+AUTO_FIT_FRAMES = 4000  # frames 3b fits on when frame_subsample is 0 (auto)
+
+
+def fit_subsample(frame_subsample: int, n_frames: int) -> int:
+    """3b's frame step: the user's, or for 0 (auto) the smallest giving <= AUTO_FIT_FRAMES."""
+    return int(frame_subsample) or max(1, -(-int(n_frames) // AUTO_FIT_FRAMES))
+
+
 class NNDSVDParams(StepParams):
     n_components: int = P(100, "Components computed, background (component 0) included; raise "
                           "it for dense fields (cost grows about linearly).", ge=2, le=5000)
@@ -111,9 +119,12 @@ class NNDSVDParams(StepParams):
     chunk_frames: int = P(0, "Frames per chunk read from the movie; 0 derives it from the memory "
                           "limit. Lower uses less memory but runs slower.",
                           ge=0, le=100000, advanced=True, unit="frames")
-    frame_subsample: int = P(1, "Fit the spatial components on every k-th frame (1 = all "
-                             "frames); raise it to speed up long recordings. Temporal components "
-                             "still cover every frame.", ge=1, le=1000)
+    frame_subsample: int = P(0, "Fit the spatial components on every k-th frame (1 = all "
+                             f"frames). 0 (auto) uses every frame up to {AUTO_FIT_FRAMES} frames "
+                             f"and every k-th beyond, so that about {AUTO_FIT_FRAMES} are used: "
+                             "the fit then costs the same for a 10-minute and a 2-hour "
+                             "recording. Temporal components still cover every frame.",
+                             ge=0, le=1000)
     seed: int = P(0, "Seed of the randomised SVD, so a rerun gives the same components.",
                   ge=0, le=2**32 - 1, advanced=True)
 
@@ -412,14 +423,15 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
     if p.chunk_frames:
         data = data.rechunk({0: p.chunk_frames})
     T, h, w = data.shape
-    t_fit = -(-T // p.frame_subsample)
+    step = fit_subsample(p.frame_subsample, T)
+    t_fit = -(-T // step)
     k = min(p.n_components, t_fit, h * w)
     if k < 2:
-        raise StepError(f"the movie has {T} frames (every {p.frame_subsample}-th used): too few "
+        raise StepError(f"the movie has {T} frames (every {step}-th used): too few "
                         f"for NNDSVD; lower frame_subsample")
     if k < p.n_components:
         ctx.warn(f"n_components={p.n_components} reduced to {k}: only {t_fit} frames are used")
-    n_passes = 2 * p.power_iterations + 2 + (p.frame_subsample > 1)
+    n_passes = 2 * p.power_iterations + 2 + (step > 1)
     done = [0]
 
     def compute(*collections):  # task progress within each pass, the pass in the message
@@ -428,7 +440,7 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
 
     U, S, Vt, total = randomized_svd(
         data, k, n_oversample=p.oversampling, n_iter=p.power_iterations,
-        frame_subsample=p.frame_subsample, seed=p.seed, compute=compute)
+        frame_subsample=step, seed=p.seed, compute=compute)
     ctx.check_cancel()
     sigma = sizes.length(p.regularisation_sigma, d, 0.2, minimum=0.1) \
         if p.spatial_regularisation else None
@@ -450,7 +462,7 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
     sv = xr.DataArray(S.astype(np.float64), dims=("component",), coords={"component": comp},
                       name="singular_values",
                       attrs={"total_variance": float(total), "n_frames": int(T),
-                             "n_pixels": int(h * w), "frame_subsample": p.frame_subsample,
+                             "n_pixels": int(h * w), "frame_subsample": step,
                              "convention": "uncentred: total_variance = sum of squares of the "
                                            "movie; component i explains S[i]^2 / total"})
     return {"nndsvd_spatial": spatial, "nndsvd_temporal": temporal, "singular_values": sv}

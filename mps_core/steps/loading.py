@@ -349,4 +349,5 @@ STEP_2A = Step(
     run=load, preflight=check_post_process,
     previews=(Preview("frames", "Frames and quality", _preview_frames),
               Preview("times", "Frame times", _preview_times)),
+    intermediate=("movie_raw",),
 )

@@ -189,4 +189,5 @@ STEP_2E = Step(
             "movie (float32) once.",
     params=ApplyParams, inputs=("movie_filtered", "shifts", "motion_qc"), outputs=("movie",),
     run=apply, previews=(Preview("std", "Before / after", _preview_applied),),
+    intermediate=("movie",),
 )
