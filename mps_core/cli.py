@@ -447,7 +447,9 @@ class ProgressBar:
         if not self.enabled:
             return
         pct = int(fraction * 100)
-        if pct == self.last_pct or (not self.tty and pct - self.last_pct < 10):
+        # Piped output: every 10 %, and whenever a new pass of a multi-pass step starts
+        # (its progress restarts lower; without this a log went silent after pass 1).
+        if pct == self.last_pct or (not self.tty and 0 < pct - self.last_pct < 10):
             return
         self._draw(fraction, message)
 

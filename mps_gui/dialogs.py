@@ -19,15 +19,21 @@ from PySide6.QtWidgets import (
 from .settings import AutorunConfig
 
 
-def _browse_row(edit: QLineEdit, caption: str, parent: QWidget) -> QWidget:
+def field_with_button(edit: QLineEdit, on_click, parent: QWidget | None = None,
+                      text: str = "Browse...") -> QWidget:
+    """One form row: a text field that takes the width and a button after it."""
     row = QWidget(parent)
     lay = QHBoxLayout(row)
     lay.setContentsMargins(0, 0, 0, 0)
     lay.addWidget(edit, 1)
-    btn = QPushButton("Browse...", row)
-    btn.clicked.connect(lambda: _pick_dir(edit, caption, parent))
+    btn = QPushButton(text, row)
+    btn.clicked.connect(on_click)
     lay.addWidget(btn)
     return row
+
+
+def _browse_row(edit: QLineEdit, caption: str, parent: QWidget) -> QWidget:
+    return field_with_button(edit, lambda: _pick_dir(edit, caption, parent), parent)
 
 
 def _pick_dir(edit: QLineEdit, caption: str, parent: QWidget) -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 from PySide6.QtCore import QThread, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QProgressBar, QPushButton, QVBoxLayout, QWidget,
+    QProgressBar, QPushButton, QVBoxLayout,
 )
 
 from mps_core.movies import COLORMAPS, STAGES
+
+from .dialogs import field_with_button
 
 MOVIE_FORMATS = ("tiff", "npy", "mat", "zarr")
 
@@ -55,13 +57,7 @@ class ExportDialog(QDialog):
         self.frames = QLineEdit()
         self.frames.setPlaceholderText("all frames, or START:STOP:STEP e.g. 0:2000:2")
         self.target = QLineEdit()
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._browse)
-        target_row = QWidget()
-        tl = QHBoxLayout(target_row)
-        tl.setContentsMargins(0, 0, 0, 0)
-        tl.addWidget(self.target, 1)
-        tl.addWidget(browse)
+        target_row = field_with_button(self.target, self._browse)
         form = QFormLayout()
         form.addRow("Stage", self.stage)
         if kind == "video":

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from PySide6.QtWidgets import (
     QCheckBox, QDialog, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-    QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget,
+    QMessageBox, QProgressBar, QPushButton, QVBoxLayout,
 )
 
+from .dialogs import field_with_button
 from .export_dialog import ExportThread
 
 
@@ -35,13 +36,7 @@ class StitchDialog(QDialog):
         row.addWidget(self.videos, 1)
         row.addLayout(side)
         self.output = QLineEdit()
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._browse_output)
-        out_row = QWidget()
-        ol = QHBoxLayout(out_row)
-        ol.setContentsMargins(0, 0, 0, 0)
-        ol.addWidget(self.output, 1)
-        ol.addWidget(browse)
+        out_row = field_with_button(self.output, self._browse_output)
         self.name = QLineEdit("stitched")
         self.debug = QCheckBox("Also write a debug video of the candidates side by side")
         form = QFormLayout()

@@ -53,3 +53,20 @@ def test_bad_override_is_reported(tmp_path):
     r = run("run", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
             "--set", "2b.median_ksize=4")
     assert r.returncode == 2 and "median_ksize" in r.stderr and "odd" in r.stderr
+
+
+def test_piped_progress_shows_every_pass_of_a_multi_pass_step():
+    """Written to a file, progress prints every 10 % and again when a new pass starts."""
+    import io
+
+    from mps_core.cli import ProgressBar
+
+    out = io.StringIO()  # not a terminal
+    bar = ProgressBar(stream=out)
+    bar.event("3b", "started", "NNDSVD")
+    for p in (1, 2):
+        for f in (0.05, 0.5, 1.0):
+            bar.update("3b", f, f"pass {p}/2")
+    lines = out.getvalue().splitlines()
+    assert sum("pass 2/2" in line for line in lines) >= 2  # pass 2 starts and ends visibly
+    assert not any("pass 1/2" in line and " 5%" in line for line in lines)  # < 10 %: quiet
