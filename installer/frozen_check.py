@@ -173,10 +173,31 @@ def check_io(tmp: Path) -> str:
     return "zarr, tiff, mp4 (OpenCV), png (Agg)"
 
 
+def check_nwb(tmp: Path) -> str:
+    """pynwb with its schema files and the ndx-miniscope extension (the NWB export's device):
+    both load their YAML specs from package data, which a freeze can leave behind."""
+    from datetime import datetime, timezone
+
+    import pynwb
+    from ndx_miniscope import Miniscope
+    from pynwb import NWBHDF5IO, NWBFile
+
+    nwb = NWBFile(session_description="self-check", identifier="frozen-check",
+                  session_start_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    nwb.add_device(Miniscope(name="Miniscope", deviceType="Miniscope_V4_BNO", framesPerFile=1000))
+    with NWBHDF5IO(str(tmp / "t.nwb"), "w") as io:
+        io.write(nwb)
+    with NWBHDF5IO(str(tmp / "t.nwb"), "r") as io:
+        dev = io.read().devices["Miniscope"]
+        if (dev.deviceType, int(dev.framesPerFile)) != ("Miniscope_V4_BNO", 1000):
+            raise RuntimeError(f"Miniscope device read back as {dev}")
+    return f"pynwb {pynwb.__version__}, ndx-miniscope device round trip"
+
+
 CHECKS: dict[str, Callable[..., str]] = {
     "data": check_data, "imports": check_imports, "threads": check_threads,
     "process-cluster": check_process_cluster, "numba": check_numba, "cvxpy": check_cvxpy,
-    "io": check_io,
+    "io": check_io, "nwb": check_nwb,
 }
 
 
@@ -193,7 +214,7 @@ def main(argv: list[str]) -> int:
             fn = CHECKS[name]
             t0 = time.perf_counter()
             try:
-                detail = fn(Path(tmp)) if name == "io" else fn()
+                detail = fn(Path(tmp)) if name in ("io", "nwb") else fn()
                 print(f"ok      {name:16s} {time.perf_counter() - t0:6.1f} s  {detail}",
                       flush=True)
             except Exception:  # noqa: BLE001 -- report every failing check, then fail

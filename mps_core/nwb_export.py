@@ -36,8 +36,14 @@ same content; only ``file_create_date`` (the export time; also ``session_start_t
 the recording's start is unknown) differs, and with it a few bytes of the HDF5 file (with the
 same export time the files are byte-identical). :func:`read_nwb` returns the content for comparisons.
 
-ndx-miniscope metadata (device settings of the Miniscope software) is not written: it needs
-the ndx-miniscope extension package, which MPS does not ship.
+Miniscope device settings (ndx-miniscope): when the recording folder holds the Miniscope
+software's settings (V4 ``metaData.json`` with deviceType, frameRate, gain, led0, ROI...;
+V3 ``settings_and_notes.dat`` with excitation and msCamExposure), the Device "Miniscope" is
+an ``ndx_miniscope.Miniscope`` carrying them in the extension's types; the settings outside
+the extension's schema (ewl, the ROI's edges...) are listed in its description. Without
+settings, or when they cannot be read, it is a plain Device and the export goes on (the
+reason is recorded, see :func:`miniscope_settings`). The extension is imported only when
+it is needed: importing it registers its namespace with pynwb.
 """
 
 from __future__ import annotations
@@ -53,11 +59,20 @@ from typing import Any
 import numpy as np
 
 __all__ = ["NWB_NAME", "RecordingInfo", "recording_info", "start_time_from_metadata",
-           "orientation_text", "nwb_identifier", "write_nwb", "read_nwb", "validate_nwb"]
+           "miniscope_settings", "read_v3_settings", "orientation_text", "nwb_identifier",
+           "write_nwb", "read_nwb", "validate_nwb"]
 
 NWB_NAME = "mps_export.nwb"
 _EXPORT_TIME = "time of the export (the recording's start time is unknown)"
 _ID_NAMESPACE = uuid.UUID("6f1f0c2e-8d43-4d7e-9a55-6d70732d6e77")  # fixed: MPS's own
+# attributes of ndx-miniscope's Miniscope type (spec 0.5), by the type the schema gives them
+_MINISCOPE_TEXT = ("compression", "deviceType", "frameRate", "gain")
+_MINISCOPE_INT = ("framesPerFile", "led0", "excitation", "msCamExposure")
+_V3_SETTINGS = "settings_and_notes.dat"
+# metaData.json keys that are no device setting (or a path of the acquisition computer)
+_NOT_SETTINGS = ("deviceDirectory", "recordingStartTime")
+_KIND = "one-photon head-mounted miniscope"
+_PLAIN_DEVICE = f"{_KIND} (model not recorded by MPS)"
 
 
 @dataclass
@@ -69,7 +84,8 @@ class RecordingInfo:
     from. ``fps`` is used
     for timestamps only when the frame index has no times. ``orientation`` holds step 2a's
     ``rotate``, ``flip_vertical``, ``flip_horizontal`` (and ``post_process``,
-    ``camera_shape`` when known).
+    ``camera_shape`` when known). ``device`` is what :func:`miniscope_settings` found (empty
+    when the folder has no Miniscope settings: a plain Device is written).
     """
 
     animal_id: str = "unknown"
@@ -78,6 +94,7 @@ class RecordingInfo:
     start_source: str = _EXPORT_TIME
     fps: float | None = None
     orientation: dict[str, Any] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
     indicator: str = "unknown"
     location: str = "unknown"
     excitation_lambda: float = float("nan")
@@ -89,7 +106,8 @@ class RecordingInfo:
         return {"animal_id": self.animal_id, "session_id": self.session_id,
                 "session_start": self.start.isoformat() if self.start else None,
                 "session_start_source": self.start_source if self.start else None,
-                "fps": self.fps, "orientation": dict(self.orientation)}
+                "fps": self.fps, "orientation": dict(self.orientation),
+                "device": json.loads(json.dumps(self.device))}  # a deep copy
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, fallback: str | None = None) -> RecordingInfo:
@@ -97,7 +115,8 @@ class RecordingInfo:
         d = d or {}
         info = cls(animal_id=str(d.get("animal_id") or "unknown"),
                    session_id=str(d.get("session_id") or "unknown"),
-                   fps=d.get("fps"), orientation=dict(d.get("orientation") or {}))
+                   fps=d.get("fps"), orientation=dict(d.get("orientation") or {}),
+                   device=dict(d.get("device") or {}))
         start = d.get("session_start") or fallback
         if start:
             info.start = _aware(datetime.fromisoformat(str(start)))
@@ -145,6 +164,157 @@ def _metadata_files(input_dir: Path) -> list[Path]:
     return out
 
 
+# ----------------------------------------------------------------------------- device settings
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer setting: ints, integral floats and numeric text ("10", "10.0"), within the
+    schema's int32 (a larger one would fail only when HDF5 writes it); else None."""
+    if isinstance(value, bool):  # JSON true/false is no count
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or value != int(value):
+            return None
+        value = int(value)
+    if isinstance(value, (int, np.integer)) and -2**31 <= value < 2**31:
+        return int(value)
+    return None
+
+
+def _as_text(key: str, value: Any) -> str | None:
+    """A text setting; a numeric frame rate is spelled as the V4 software does ("20FPS")."""
+    if value is None or isinstance(value, (bool, dict, list)):
+        return None
+    if key == "frameRate" and isinstance(value, (int, float)):
+        return f"{value:g}FPS" if np.isfinite(value) else None
+    text = str(value).strip()
+    return text or None
+
+
+def _as_roi(value: Any) -> list[int] | None:
+    """The ROI as the extension's "height x width" int array: V4 writes a dict with height,
+    width, leftEdge and topEdge (the edges go to the other settings)."""
+    if isinstance(value, dict):
+        vals = [_as_int(value.get("height")), _as_int(value.get("width"))]
+    elif isinstance(value, (list, tuple)):
+        vals = [_as_int(v) for v in value]
+    else:
+        return None
+    return vals if vals and all(v is not None and v >= 0 for v in vals) else None
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _split_settings(raw: dict) -> tuple[dict, dict, list[str]]:
+    """(ndx-miniscope attributes in the schema's types, other scalar settings, descriptions
+    of attributes whose value could not be converted)."""
+    spec: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, value in raw.items():
+        if key in _MINISCOPE_TEXT:
+            conv = _as_text(key, value)
+        elif key in _MINISCOPE_INT:
+            conv = _as_int(value)
+        elif key == "ROI":
+            conv = _as_roi(value)
+            if isinstance(value, dict) and all(_is_scalar(v) for v in value.values()):
+                other["ROI"] = dict(value)  # keeps leftEdge / topEdge
+        else:
+            if key not in _NOT_SETTINGS and _is_scalar(value):
+                other[key] = value
+            continue
+        if conv is None:
+            bad.append(f"{key}={str(value)[:40]!r}")
+        else:
+            spec[key] = conv
+    return spec, other, bad
+
+
+def read_v3_settings(path: Path) -> dict[str, str]:
+    """The settings row of a Miniscope V3 ``settings_and_notes.dat``, as text.
+
+    The V3 software writes a tab-separated header line (``animal``, ``excitation``,
+    ``msCamExposure``, ``recordLength``) and one line of values; the table of notes below
+    them is not read. ValueError naming the file when it has not that shape.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from exc
+    if len(lines) < 2 or "\t" not in lines[0]:
+        raise ValueError(f"{path}: expected a tab-separated header line and a line of values")
+    head = [h.strip() for h in lines[0].split("\t")]
+    values = [v.strip() for v in lines[1].split("\t")]
+    return {h: v for h, v in zip(head, values) if h}
+
+
+def _read_settings_file(path: Path) -> dict:
+    """The raw settings of a ``metaData.json`` or V3 ``settings_and_notes.dat``; ValueError
+    saying why when unreadable."""
+    if path.name.casefold() == _V3_SETTINGS.casefold():
+        return read_v3_settings(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path.parent.name}/{path.name} is not readable JSON "
+                         f"({str(exc)[:80]})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path.parent.name}/{path.name} holds a {type(raw).__name__}, "
+                         f"not an object")
+    return raw
+
+
+def _v3_settings_files(input_dir: Path) -> list[Path]:
+    try:
+        return sorted(p for p in input_dir.iterdir()
+                      if p.is_file() and p.name.casefold() == _V3_SETTINGS.casefold())
+    except OSError:
+        return []
+
+
+def miniscope_settings(input_dir: Path) -> dict[str, Any]:
+    """The Miniscope device settings of a recording folder, for the NWB Device.
+
+    Candidates, in order: ``metaData.json`` in ``input_dir`` then in its parent (V4: the
+    device folder's file holds the settings, the session folder's only the start time), then
+    ``settings_and_notes.dat`` in ``input_dir`` (V3). The first file holding an attribute of
+    ndx-miniscope's Miniscope type is used. Returns ``{}`` when no file has one; else a dict
+    with ``settings`` (those attributes in the schema's types: text for compression,
+    deviceType, frameRate such as "20FPS", gain; int for framesPerFile, led0, excitation,
+    msCamExposure; ROI as [height, width]), ``other`` (the file's other scalar settings,
+    e.g. ewl, deviceName, and the V4 ROI with its edges), ``source`` (which file) and
+    ``problem`` when a file or value could not be read. Never raises: an unreadable file or
+    value is skipped (and named in ``problem``), so the export always goes on.
+    """
+    input_dir = Path(input_dir)
+    problems: list[str] = []
+    for path in _metadata_files(input_dir) + _v3_settings_files(input_dir):
+        try:
+            raw = _read_settings_file(path)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        spec, other, bad = _split_settings(raw)
+        if bad:
+            problems.append(f"{path.name}: unreadable values {', '.join(bad)}")
+        if spec:
+            out: dict[str, Any] = {"settings": spec, "other": other,
+                                   "source": f"{path.name} of folder '{path.parent.name}'"}
+            if problems:
+                out["problem"] = "; ".join(problems)
+            return out
+    return {"problem": "; ".join(problems)} if problems else {}
+
+
 def _video_mtime(file_health: Any) -> tuple[datetime, str] | None:
     files = (file_health or {}).get("files") if isinstance(file_health, dict) else None
     for f in files or []:
@@ -168,7 +338,8 @@ def recording_info(config: dict | None, frame_index: Any = None, file_health: An
     folder (or its parent); the modification time of the first video file; ``fallback``
     (ISO time); else None (:func:`write_nwb` then uses the export time). Orientation: the
     ``rotate`` / ``flip_vertical`` /
-    ``flip_horizontal`` attributes step 2a records on the frame index.
+    ``flip_horizontal`` attributes step 2a records on the frame index. Device: the Miniscope
+    settings of the input folder (:func:`miniscope_settings`).
     """
     config = config or {}
     info = RecordingInfo(animal_id=str(config.get("animal_id") or "unknown"),
@@ -191,6 +362,8 @@ def recording_info(config: dict | None, frame_index: Any = None, file_health: An
                 info.fps = parse_frame_rate(meta.get("frameRate"))
             if t is not None and start is None:
                 start = (t, f"recordingStartTime in {path.name} of {path.parent.name}")
+    if config.get("input_dir"):
+        info.device = miniscope_settings(Path(config["input_dir"]))
     start = start or _video_mtime(file_health)
     if start is None and fallback:
         start = (_aware(datetime.fromisoformat(fallback)), _EXPORT_TIME)
@@ -309,8 +482,7 @@ def _build(data, info: RecordingInfo, created: datetime):
         session_id=info.session_id, notes=notes,
         subject=Subject(subject_id=info.animal_id),
         source_script="mps_core.nwb_export", source_script_file_name="mps_core/nwb_export.py")
-    device = nwb.create_device(name="Miniscope", description="one-photon head-mounted "
-                               "miniscope (model not recorded by MPS)")
+    device = _device(nwb, info.device)
     channel = OpticalChannel(name="OpticalChannel", description="emission channel "
                              "(wavelength unknown: NaN)", emission_lambda=info.emission_lambda)
     plane = nwb.create_imaging_plane(
@@ -380,6 +552,39 @@ def _build(data, info: RecordingInfo, created: datetime):
     return nwb
 
 
+def _device(nwb, device: dict[str, Any]):
+    """The Device "Miniscope": ndx-miniscope's Miniscope type carrying the recording's settings
+    when they are known (:func:`miniscope_settings`), else a plain Device, as without them."""
+    device = device or {}
+    # converted again: ``device`` may come from an older or edited mps_export.json
+    spec, _, _ = _split_settings(dict(device.get("settings") or {}))
+    other = json.dumps(device.get("other") or {}, sort_keys=True, default=str)
+    if spec:
+        desc = (f"{spec.get('deviceType', 'Miniscope')}: {_KIND}; settings read from "
+                f"{device.get('source', 'the recording folder')}")
+        if device.get("other"):
+            desc += f"; other settings of that file: {other}"
+        if device.get("problem"):
+            desc += f"; not read: {device['problem']}"
+        try:
+            from ndx_miniscope import Miniscope  # registers the extension's namespace
+        except ImportError:
+            problem = "the ndx-miniscope package is not installed; settings: " + json.dumps(
+                spec, sort_keys=True)
+        else:
+            try:
+                dev = Miniscope(name="Miniscope", description=desc, **spec)
+            except (TypeError, ValueError) as exc:  # docval's type checks
+                problem = f"ndx-miniscope refused the settings ({exc})"
+            else:
+                nwb.add_device(dev)
+                return dev
+    else:
+        problem = device.get("problem")
+    desc = _PLAIN_DEVICE + (f"; Miniscope settings not written: {problem}" if problem else "")
+    return nwb.create_device(name="Miniscope", description=desc)
+
+
 def _path(obj) -> str:
     names = []
     while obj is not None:
@@ -442,7 +647,9 @@ def validate_nwb(path: Path) -> list[str]:
 
 def read_nwb(path: Path) -> dict[str, Any]:
     """The content of an MPS NWB file as plain values (arrays, strings, object ids), to check
-    it and to compare two exports; ``file_create_date`` is returned separately."""
+    it and to compare two exports; ``file_create_date`` is returned separately. ``device``:
+    name, neurodata_type ("Miniscope" or "Device"), description and the Miniscope settings
+    present (ROI as a list)."""
     from pynwb import NWBHDF5IO
 
     with NWBHDF5IO(str(path), "r") as io:
@@ -465,6 +672,7 @@ def read_nwb(path: Path) -> dict[str, Any]:
             "C": np.asarray(den.data[:]).T, "S": np.asarray(dec.data[:]).T,
             "timestamps": np.asarray(den.timestamps[:]),
             "motion": np.asarray(ophys["motion"].data[:]),
+            "device": _device_dict(nwb.devices["Miniscope"]),
             "object_ids": sorted({(_path(o), o.object_id) for o in nwb.all_children()}),
             "file_create_date": [d.isoformat() for d in nwb.file_create_date],
         }
@@ -477,4 +685,18 @@ def read_nwb(path: Path) -> dict[str, Any]:
         for k in ps.colnames:
             if k not in ("image_mask", "unit_id"):
                 out[f"column_{k}"] = np.asarray(ps[k].data[:])
+    return out
+
+
+def _device_dict(dev) -> dict[str, Any]:
+    """The device as plain values (read inside the open file: ROI is a lazy dataset)."""
+    out: dict[str, Any] = {"name": dev.name, "neurodata_type": dev.neurodata_type,
+                           "description": dev.description}
+    for key in _MINISCOPE_TEXT + _MINISCOPE_INT:
+        value = getattr(dev, key, None)
+        if value is not None:
+            out[key] = str(value) if key in _MINISCOPE_TEXT else int(value)
+    roi = getattr(dev, "ROI", None)
+    if roi is not None:
+        out["ROI"] = [int(v) for v in np.asarray(roi[:])]
     return out

@@ -24,6 +24,7 @@ from test_curation import _frame_coords, _put, build_session  # the store-format
 from mps_core import curation as cu
 from mps_core import export as ex
 from mps_core import nwb_export as ne
+from mps_core import synth
 from mps_core.registry import SimpleContext, StepError
 from mps_core.steps import STEPS
 from mps_core.steps import final as s8
@@ -179,6 +180,160 @@ def test_recording_start_time_sources(tmp_path):
     info = ne.recording_info({}, None, None, fallback="2026-01-01T00:00:00+00:00")
     assert info.start.year == 2026 and "export" in info.start_source
     assert info.orientation == {} and "not recorded" in ne.orientation_text({})
+
+
+# ----------------------------------------------------------------------------- Miniscope device
+
+
+def _small_export(info: ne.RecordingInfo) -> ex.ExportData:
+    """Two units over 6 frames, with ``info`` as step 8c records it (through its JSON)."""
+    T = 6
+    frames = np.arange(T)
+    rng = np.random.default_rng(5)
+    return ex.ExportData(
+        A=rng.random((2, 5, 6)), C=rng.random((2, T)), S=np.zeros((2, T)), unit_ids=[3, 8],
+        frames=frames, motion=np.zeros((T, 2)), units={"snr": [1.0, 2.0]},
+        frame_table={"frame": frames, "time_s": frames / FPS},
+        metadata={"recording": json.loads(json.dumps(info.to_dict()))},
+        exported_at="2026-01-02T03:04:05+00:00")
+
+
+def _nwb_device(folder: Path, out: Path, validate: bool = True) -> dict:
+    """Export with the recording facts of ``folder``; the file must validate; its device."""
+    info = ne.recording_info({"input_dir": str(folder)})
+    ne.write_nwb(out, _small_export(info))  # never fails because of device metadata
+    if validate:  # pynwb's validation is the slow part: once per kind of device
+        assert ne.validate_nwb(out / ne.NWB_NAME) == []
+    return ne.read_nwb(out / ne.NWB_NAME)["device"]
+
+
+def test_nwb_device_is_a_miniscope_with_the_v4_settings(tmp_path):
+    rec = synth.simulate(n_frames=6, height=40, width=40, n_cells=1, cell_diameter=6.0,
+                         max_shift=1.0, seed=2)
+    folder = tmp_path / "rec" / "Miniscope"
+    synth.write_miniscope(rec, folder, "v4")
+    meta = json.loads((folder / "metaData.json").read_text())
+    dev = _nwb_device(folder, tmp_path / "out")  # the file synth writes, as it is
+    assert dev["neurodata_type"] == "Miniscope" and dev["name"] == "Miniscope"
+    for key in ("compression", "deviceType", "frameRate", "gain", "framesPerFile", "led0"):
+        assert dev[key] == meta[key], key
+    assert dev["ROI"] == [40, 40]
+    assert '"ewl": 0' in dev["description"] and '"leftEdge": 0' in dev["description"]
+    assert "deviceDirectory" not in dev["description"]
+    # planted values in the types the software may write: numbers as text, a numeric rate
+    meta.update(frameRate=30, framesPerFile="500", led0=37.0, gain="High", ewl=-12,
+                deviceType="Miniscope_V4_BNO_custom", ROI={"height": 33, "width": 35,
+                                                           "leftEdge": 4, "topEdge": 2})
+    (folder / "metaData.json").write_text(json.dumps(meta))
+    dev = _nwb_device(folder, tmp_path / "out2")
+    assert {k: dev[k] for k in ("frameRate", "framesPerFile", "led0", "gain", "deviceType",
+                                "ROI")} == {
+        "frameRate": "30FPS", "framesPerFile": 500, "led0": 37, "gain": "High",
+        "deviceType": "Miniscope_V4_BNO_custom", "ROI": [33, 35]}
+    assert "excitation" not in dev and '"ewl": -12' in dev["description"]
+    assert dev["description"].startswith("Miniscope_V4_BNO_custom: ")
+
+
+def test_nwb_device_settings_in_the_parent_folder_and_v3(tmp_path):
+    """V4 settings one level up are found; V3 settings_and_notes.dat gives excitation and
+    msCamExposure; a V3 folder without it gives the plain device."""
+    rec = synth.simulate(n_frames=6, height=40, width=40, n_cells=1, cell_diameter=6.0,
+                         max_shift=1.0, seed=2)
+    v3 = tmp_path / "v3"
+    synth.write_miniscope(rec, v3, "v3")
+    assert ne.miniscope_settings(v3) == {}
+    assert _nwb_device(v3, tmp_path / "o1", validate=False)["neurodata_type"] == "Device"
+    (v3 / "settings_and_notes.dat").write_text(
+        "animal\texcitation\tmsCamExposure\trecordLength\n"
+        "m7\t42\t255\t0\n\nelapsedTime\tNote\n1200\tlights off\n")
+    dev = _nwb_device(v3, tmp_path / "o2")
+    assert dev["neurodata_type"] == "Miniscope"
+    assert (dev["excitation"], dev["msCamExposure"]) == (42, 255)
+    assert "deviceType" not in dev and '"animal": "m7"' in dev["description"]
+    inner = tmp_path / "session" / "Miniscope"
+    inner.mkdir(parents=True)
+    (inner.parent / "metaData.json").write_text(json.dumps({"deviceType": "Miniscope_V3",
+                                                            "led0": 5}))
+    got = ne.miniscope_settings(inner)
+    assert got["settings"] == {"deviceType": "Miniscope_V3", "led0": 5}
+    assert got["source"] == "metaData.json of folder 'session'"
+
+
+def test_nwb_device_without_settings_is_the_plain_device(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "0.avi").write_bytes(b"x")
+    info = ne.recording_info({"input_dir": str(folder)})
+    assert info.device == {} and info.to_dict()["device"] == {}
+    dev = _nwb_device(folder, tmp_path / "out")
+    assert dev == {"name": "Miniscope", "neurodata_type": "Device",
+                   "description": "one-photon head-mounted miniscope (model not recorded "
+                                  "by MPS)"}
+    # only a start time (the session-level metaData.json of V4): no device settings either
+    (folder / "metaData.json").write_text(json.dumps({"recordingStartTime": {
+        "msecSinceEpoch": START_MS}, "animalName": "m7"}))
+    assert ne.miniscope_settings(folder) == {}
+
+
+def test_nwb_device_with_malformed_settings(tmp_path):
+    """Unreadable metadata never stops the export: plain Device, the reason in its description;
+    unreadable values are left out and the rest written."""
+    folder = tmp_path / "Miniscope"
+    folder.mkdir()
+    meta = folder / "metaData.json"
+    for text, why in (('{"deviceType": "Miniscope_V4_BNO", "led0": ', "not readable JSON"),
+                      ('["deviceType", "Miniscope_V4_BNO"]', "holds a list"),
+                      (b"\xff\xfe{}", "not readable JSON")):
+        meta.write_bytes(text if isinstance(text, bytes) else text.encode())
+        dev = _nwb_device(folder, tmp_path / f"out{len(why)}{len(text)}",
+                          validate=why == "holds a list")
+        assert dev["neurodata_type"] == "Device", text
+        assert "Miniscope settings not written" in dev["description"]
+        assert why in dev["description"], (text, dev["description"])
+    meta.write_text(json.dumps({"led0": "bright", "framesPerFile": 2.5, "gain": {"x": 1},
+                                "ROI": "whole", "frameRate": True}))
+    got = ne.miniscope_settings(folder)
+    assert "settings" not in got and "led0='bright'" in got["problem"]
+    assert "framesPerFile=" in got["problem"] and "frameRate=" in got["problem"]
+    meta.write_text(json.dumps({"deviceType": "Miniscope_V4_BNO", "led0": "bright",
+                                "framesPerFile": 10**12, "ROI": {"height": -1, "width": 3}}))
+    dev = _nwb_device(folder, tmp_path / "partly")
+    assert dev["neurodata_type"] == "Miniscope" and dev["deviceType"] == "Miniscope_V4_BNO"
+    assert "led0" not in dev and "ROI" not in dev and "framesPerFile" not in dev
+    assert ("not read: metaData.json: unreadable values led0='bright', "
+            "framesPerFile='1000000000000', ROI=") in dev["description"]
+    # a V3 file of another shape: plain device, said so
+    meta.unlink()
+    (folder / "settings_and_notes.dat").write_text("no tabs here\n")
+    dev = _nwb_device(folder, tmp_path / "v3bad", validate=False)
+    assert dev["neurodata_type"] == "Device" and "tab-separated" in dev["description"]
+    with pytest.raises(ValueError, match="settings_and_notes.dat"):
+        ne.read_v3_settings(folder / "settings_and_notes.dat")
+
+
+def test_step_8c_writes_the_recording_folders_settings(session, tmp_path):
+    """Through step 8c: the recording folder's metaData.json (frameRate and start time only)
+    gives a Miniscope device, and mps_export.json keeps the settings for later exports."""
+    folder = _export(session["store"], tmp_path / "run", export_nwb=True)["folder"]
+    dev = ne.read_nwb(folder / ne.NWB_NAME)["device"]
+    assert (dev["neurodata_type"], dev["frameRate"]) == ("Miniscope", "20FPS")
+    rec = json.loads((folder / "mps_export.json").read_text())["recording"]
+    assert rec["device"]["settings"] == {"frameRate": "20FPS"}
+    assert rec["device"]["source"] == "metaData.json of folder 'videos'"
+    assert ne.RecordingInfo.from_dict(rec).device == rec["device"]
+
+
+def test_nwb_device_from_an_edited_export_json_is_checked_again(tmp_path):
+    """The curated export rebuilds the device from mps_export.json: wrong types there are
+    converted or dropped, never passed to ndx-miniscope as they are."""
+    info = ne.RecordingInfo.from_dict({"device": {
+        "settings": {"led0": "12", "gain": 3, "ROI": [10, "x"]}, "source": "metaData.json"}})
+    data = _small_export(info)
+    ne.write_nwb(tmp_path, data, info)
+    assert ne.validate_nwb(tmp_path / ne.NWB_NAME) == []
+    dev = ne.read_nwb(tmp_path / ne.NWB_NAME)["device"]
+    assert (dev["neurodata_type"], dev["led0"], dev["gain"]) == ("Miniscope", 12, "3")
+    assert "ROI" not in dev
 
 
 # ----------------------------------------------------------------------------- parquet

@@ -448,6 +448,8 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
                  "merges and restored quarantined units are applied by the explorer's "
                  "curated export")}
     rec = recording_info(config, frame_index, file_health)
+    if rec.device and rec.device.get("problem"):
+        ctx.warn(f"Miniscope settings only partly written to the NWB file: {rec.device['problem']}")
     metadata = {
         "mps_export_version": 1,
         "recording": rec.to_dict(),
