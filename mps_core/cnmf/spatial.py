@@ -570,7 +570,8 @@ def merge_boxes(results: list[BoxFootprints], shape: tuple[int, int], n_units: i
             A[u, r.pixels[closer]] = r.values[row, closer]
             seen[r.pixels[closer]] = dist[closer]
     kept = np.flatnonzero(A.max(axis=1) > 0) if n_units else np.zeros(0, np.int64)
-    raw = A[kept].reshape(kept.size, H, W)
+    # all kept (the usual case): a view, not a second dense copy
+    raw = (A if kept.size == A.shape[0] else A[kept]).reshape(kept.size, H, W)
     smoothed = None if sigma is None else _smooth(raw, float(sigma))
     return MergedFootprints(raw, smoothed, kept.astype(np.int64))
 

@@ -170,9 +170,21 @@ class MergeValidateParams(StepParams):
 def values(ctx, arr: Any, message: str) -> np.ndarray:
     """The values of a DataArray (lazy or not) as numpy, read through ``ctx.compute``."""
     data = getattr(arr, "data", arr)
-    if hasattr(data, "dask"):
+    if not hasattr(data, "dask"):
+        return np.asarray(data)
+    if data.ndim < 2 or data.numblocks[0] < 2:
         (data,) = ctx.compute(data, message=message)
-    return np.asarray(data)
+        return np.asarray(data)
+    # A few chunks at a time into one array: computing the whole dask array would hold every
+    # chunk and their concatenation at once (two dense copies of a footprint stack). The
+    # results come back to this process, so it works on a cluster too.
+    out = np.empty(data.shape, data.dtype)
+    bounds = np.cumsum((0,) + data.chunks[0])
+    step = max(2, 2 * int(getattr(ctx, "n_workers", 1) or 1))
+    for i in range(0, data.numblocks[0], step):
+        j = min(i + step, data.numblocks[0])
+        (out[bounds[i]:bounds[j]],) = ctx.compute(data[bounds[i]:bounds[j]], message=message)
+    return out
 
 
 def footprints_array(A: np.ndarray, unit_ids: Any, name: str, attrs: dict | None = None,
@@ -759,8 +771,10 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
     labels = (np.asarray(A_updated["cluster"].values, np.int64)[rows][keep_rows]
               if "cluster" in A_updated.coords else np.arange(kept_ids.size))
     smooth = p.smoothing or p.keep_both_versions
-    res = merge_boxes(_box_results(A_m, labels), (H, W), kept_ids.size,
-                      sigma=sigma if smooth and sigma > 0 else None)
+    boxes = _box_results(A_m, labels)
+    del A_m  # the boxes hold what is needed: one dense (units, H, W) copy less at the peak
+    res = merge_boxes(boxes, (H, W), kept_ids.size, sigma=sigma if smooth and sigma > 0 else None)
+    del boxes
     if smooth and res.smoothed is None:  # a measured scale of 0: the smoothed copy is the raw
         res = replace(res, smoothed=res.raw.copy())
     # every unit is non-empty here, so merge_boxes keeps all of them, in order
