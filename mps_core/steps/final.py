@@ -469,8 +469,10 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
         "motion": "(dy, dx) shift that registered each kept frame, in pixels of the grid "
                   "above; the mean over patches when piecewise-rigid",
     }
+    A_full = _kept_in_frame(A, k, y0, x0, full)
+    del A  # dense (units, H, W): hold one copy while the writers run, not three
     data = ex.ExportData(
-        A=ex.place_in_frame(A[k], y0, x0, full), C=C[k], S=S[k], unit_ids=ids[k],
+        A=A_full, C=C[k], S=S[k], unit_ids=ids[k],
         frames=frames, motion=motion, frame_table=table, units=units, metadata=metadata,
         b=b, f=f, mean_frame=mean_full, exported_at=exported_at)
     formats = {name for name, on in (("numpy", p.export_numpy), ("zarr", p.export_zarr),
@@ -494,6 +496,19 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
                 "thresholds": {"min_size_px": min_size, "min_snr": p.min_snr,
                                "min_correlation": p.min_correlation}}
     return {"final_units": final_units, "export_manifest": manifest}
+
+
+def _kept_in_frame(A: np.ndarray, rows: np.ndarray, y0: int, x0: int,
+                   full: tuple[int, int]) -> np.ndarray:
+    """``place_in_frame(A[rows], ...)`` without the intermediate copy: A itself when every
+    unit is kept and the crop is the whole frame, else filled a few units at a time."""
+    n, h, w = A.shape
+    if rows.size == n and (y0, x0) == (0, 0) and (h, w) == tuple(full):
+        return A
+    out = np.zeros((rows.size,) + tuple(int(v) for v in full), A.dtype)
+    for i in range(0, rows.size, 64):
+        out[i:i + 64] = ex.place_in_frame(A[rows[i:i + 64]], y0, x0, full)
+    return out
 
 
 def exported_footprints(choice: str, A_refined: xr.DataArray,
