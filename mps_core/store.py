@@ -188,6 +188,23 @@ def _prepare_movies(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """Make every dask variable's chunks regular along each dimension (all equal, the last
+    not larger), which zarr requires. Selecting some units of a chunked array leaves uneven
+    chunks such as (5, 5, 5, 7); any step can produce them, so the store mends them."""
+    for k, v in list(ds.variables.items()):
+        chunks = getattr(v, "chunks", None)
+        if not chunks:
+            continue
+        fix = {d: max(c) for d, c in zip(v.dims, chunks)
+               if len(c) > 1 and (len(set(c[:-1])) > 1 or c[-1] > c[0])}
+        if fix and k in ds.data_vars:
+            ds[k] = ds[k].chunk(fix)
+        elif fix:
+            ds = ds.assign_coords({k: v.chunk(fix)})
+    return ds
+
+
 def _write_zarr(ds: xr.Dataset, path: Path):
     """Write metadata and in-memory variables now; return one lazy job for the dask ones.
 
@@ -199,7 +216,7 @@ def _write_zarr(ds: xr.Dataset, path: Path):
     import dask.array as da
     import zarr
 
-    ds = _prepare_movies(ds)
+    ds = _prepare_movies(_regular_chunks(ds))
     encoding = {k: e for k, v in ds.data_vars.items() if (e := _movie_encoding(v.variable))}
     ds.to_zarr(path, mode="w", compute=False, consolidated=False, zarr_format=3,
                encoding=encoding)
