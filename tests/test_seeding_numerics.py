@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from mps_core.seeding.extract import drop_invalid, extract_traces, init_AC, make_recompute
-from mps_core.seeding.merge import spatial_merge, temporal_merge
+from mps_core.seeding.merge import demixed_traces, spatial_merge, temporal_merge
 from mps_core.seeding.quarantine import quarantine, score_components
 from mps_core.seeding.watershed import Regions, search_parameters, segment_all, segment_component
 from mps_core.synth import simulate
@@ -254,6 +254,43 @@ def test_temporal_merge_split_cell_merged_correlated_neighbours_kept(rec):
     assert np.corrcoef(C2[0], rec.calcium[0])[0, 1] > 0.99
     np.testing.assert_array_equal(C2[1:], C[2:])  # the others pass through
     np.testing.assert_array_equal(A2[1:], A[2:])
+
+
+def test_temporal_merge_demixed_keeps_overlapping_cells_apart_and_merges_a_split_cell():
+    """Dense field: two distinct cells half a diameter apart with independent activity. Their
+    weighted-mean traces share each other's light (and a bright neighbour dominates both), so
+    the raw comparison merges them; the demixed one keeps them apart, and still merges the two
+    overlapping halves of one cell."""
+    rng = np.random.default_rng(4)
+    h, w, T = 40, 60, 600
+    yy, xx = np.mgrid[:h, :w]
+
+    def cell(y, x, r=5.0):
+        g = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * (r / 1.6) ** 2))
+        return np.where(g > 0.05, g, 0).astype(np.float32)
+
+    def spikes(p):
+        s = (rng.random(T) < p).astype(float)
+        return np.convolve(s, 0.9 ** np.arange(60))[:T]
+
+    bright, dim, lone = cell(20, 15), cell(20, 20), cell(20, 45)
+    c = np.stack([4 * spikes(0.03), spikes(0.03), spikes(0.03)])
+    movie = np.einsum("nhw,nt->thw", np.stack([bright, dim, lone]), 50 * c)
+    movie = (movie + 10 + rng.standard_normal(movie.shape)).astype(np.float32)
+    dmovie = da.from_array(movie, chunks=(100, -1, -1))
+    disk = lambda y, x: ((yy - y) ** 2 + (xx - x) ** 2 <= 25).astype(np.float32)  # noqa: E731
+    half_l, half_r = lone * (xx < 47), lone * (xx >= 43)
+    A0 = np.stack([disk(20, 15), disk(20, 20), half_l, half_r])
+    A, C = init_AC(A0, extract_traces(dmovie, A0, batch_size=4), "max")
+    assert np.corrcoef(C[0], C[1])[0, 1] > 0.75  # the raw traces of the distinct cells
+    recompute = make_recompute(dmovie, batch_size=4)
+    _, _, raw = temporal_merge(A, C, recompute=recompute)
+    assert [g.tolist() for g in raw] == [[0, 1], [2, 3]]
+    _, C2, demixed = temporal_merge(A, C, recompute=recompute, demix=True)
+    assert [g.tolist() for g in demixed] == [[0], [1], [2, 3]]
+    np.testing.assert_array_equal(C2[:2], C[:2])  # unmerged traces are passed through as given
+    D_ = demixed_traces(sp.csr_array(A.reshape(4, -1)), C)
+    assert np.corrcoef(D_[1], c[1])[0, 1] > 0.9  # the dim cell's own activity, recovered
 
 
 def test_temporal_merge_chains_and_is_order_independent():

@@ -179,6 +179,9 @@ class TemporalMergeParams(StepParams):
                                  "share more than this fraction of the smaller footprint's "
                                  "pixels; lower it to merge more.",
                                  ge=0, le=1)
+    demix: bool = P(True, "Compare the traces after separating overlapping components by least "
+                    "squares: the raw traces of neighbouring cells share each other's light and "
+                    "would merge distinct cells in dense fields. Off compares the raw traces.")
 
 
 class QuarantineParams(StepParams):
@@ -713,11 +716,11 @@ def merge_temporal(p: TemporalMergeParams, ctx, A_valid: xr.DataArray, C_valid: 
     norm = str(A_valid.attrs.get("normalisation", "max"))
     A2, C2, groups = temporal_merge(M, C, corr_threshold=p.correlation_threshold,
                                     overlap_threshold=p.overlap_threshold, recompute=recompute,
-                                    normalisation=norm)
+                                    normalisation=norm, demix=p.demix)
     new_ids = np.array([ids[g].min() for g in groups], np.int64)
     merged = {str(int(new_ids[k])): ids[g].tolist() for k, g in enumerate(groups) if len(g) > 1}
     attrs = {**_resolved(dict(A_valid.attrs)), "correlation_threshold": p.correlation_threshold,
-             "overlap_threshold": p.overlap_threshold, "n_in": int(len(ids)),
+             "overlap_threshold": p.overlap_threshold, "demix": p.demix, "n_in": int(len(ids)),
              "n_merged_groups": len(merged), "merged_groups": json.dumps(merged)}
     return {"A_merged": footprints_da(A2, _shape_of(A_valid), new_ids, "A_merged", attrs),
             "C_merged": traces_da(C2, new_ids, frame_coords(C_valid), "C_merged", attrs)}
