@@ -3,7 +3,8 @@
 The GUI and the ``mps`` command both drive the pipeline through :class:`Runner`, so a run
 tuned by hand and a run replayed from a parameter file are the same run. For each step the
 runner checks that the inputs exist, loads them lazily from the store, calls the step's pure
-function, persists its outputs and previews into a temporary folder and commits it. A failure
+function, persists its outputs into a temporary folder and commits it; its previews are then
+drawn in the background while the next step runs (all drawn when `run` returns). A failure
 or a cancel leaves the previous good result of that step untouched.
 """
 
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .execution import Execution
-from .figures import render_png
 from .memwatch import PeakMemory, limit_malloc_arenas, release_free_memory
 from .params import ParamSet
+from .preview_drawer import PreviewDrawer
 from .registry import Cancelled, Step, StepError, StepNotImplemented, chunk_frames_for
 from .store import SessionStore, library_versions, released_message
 
@@ -93,6 +94,7 @@ class Runner:
         self.producer = {name: s.id for s in self.steps for name in s.outputs}
         self.params, self.store = params, store
         self.on_progress, self.on_event = on_progress, on_event
+        self.previews = PreviewDrawer(store)
 
     # -- planning -------------------------------------------------------------------------
     def resolve(self, step_id: str | None, default: int) -> int:
@@ -155,11 +157,14 @@ class Runner:
                            config.scheduler_address) as ex:
                 if ex.dashboard_link:
                     log.info("dask dashboard: %s", ex.dashboard_link)
-                for s in chosen:
-                    res = self.run_step(s, ex, cancel)
-                    results.append(res)
-                    if res.status == "cancelled":
-                        break
+                try:
+                    for s in chosen:
+                        res = self.run_step(s, ex, cancel)
+                        results.append(res)
+                        if res.status == "cancelled":
+                            break
+                finally:
+                    self.previews.close()
         finally:
             _detach_log(handler)
         return results
@@ -179,7 +184,6 @@ class Runner:
             jobs = [j for n, v in outputs.items() for j in run.put(n, v)]
             if jobs:  # one pass: outputs that share inputs read them once
                 ctx.compute(*jobs, message="writing results")
-            self._previews(step, run, inputs, params, ctx)
             ctx.check_cancel()  # a cancel that came during the last task still keeps the old result
             manifest = {
                 "step": step.id, "title": step.title, "run_id": run.run_id, "status": "done",
@@ -194,6 +198,7 @@ class Runner:
                               "scheduler": execution.scheduler_address or "local threads"},
             }
             run.commit(manifest)
+            self.previews.submit(step, run.run_id, inputs, params)
         except Cancelled:
             run.abort()
             log.info("step %s cancelled; its previous result is unchanged", step.id)
@@ -227,8 +232,11 @@ class Runner:
         for s in self.steps:
             for name in s.intermediate:
                 readers = [r for r in self.steps if name in r.inputs + r.optional_inputs]
-                if readers and all(status[r.id] == "done" for r in readers) \
-                        and self.store.release(s.id, name):
+                if not (readers and all(status[r.id] == "done" for r in readers)) \
+                        or not self.store.has(s.id, name):
+                    continue
+                self.previews.wait()  # a preview still being drawn may be reading it
+                if self.store.release(s.id, name):
                     log.info("deleted '%s' of step %s to save disk: every step reading it "
                              "is done", name, s.id)
 
@@ -249,16 +257,6 @@ class Runner:
             inputs[name] = self.store.load(src, name)
             prints[name] = {"step": src, "run_id": self.store.manifest(src)["run_id"]}
         return inputs, prints
-
-    def _previews(self, step: Step, run, inputs, params, ctx: RunContext) -> None:
-        if not step.previews:
-            return
-        stored = {n: run.load(n) for n in step.outputs}
-        for p in step.previews:
-            try:
-                render_png(p.make(stored, inputs, params), run.tmp / f"preview_{p.name}.png")
-            except Exception as e:  # a broken plot must not lose a good result
-                ctx.warn(f"preview '{p.name}' could not be drawn: {e}")
 
     def _event(self, step_id: str, event: str, message: str) -> None:
         if self.on_event:

@@ -115,6 +115,41 @@ def test_run_all_then_outputs_and_manifest(session):
     assert "test removal" in lines[1]
 
 
+def test_previews_are_drawn_after_the_commit_and_a_broken_one_only_warns(session, monkeypatch):
+    """Previews are drawn on a background thread while later steps run; every one is on disk
+    when run() returns, and one that raises leaves the step done with a warning."""
+    import threading
+
+    from mps_core import preview_drawer
+
+    params, store = session
+    threads = set()
+    real = preview_drawer.render_png
+
+    def render(fig, path):
+        threads.add(threading.current_thread().name)
+        if fig.title == "broken":
+            raise RuntimeError("no ink")
+        return real(fig, path)
+
+    monkeypatch.setattr(preview_drawer, "render_png", render)
+    Runner(STEPS, params, store).run(stop="c")
+    assert threads and all(t.startswith("mps-previews") for t in threads)
+    assert (store.step_dir("b") / "preview_mean.png").stat().st_size > 1000
+    assert not list(store.step_dir("b").glob(".preview_*"))
+
+    broken = Step("b", "Add", "Fake", "adds", AddParams, ("seq",), ("seq2",), add,
+                  previews=(Preview("mean", "Mean", lambda o, i, p: Figure("broken", [])),))
+    steps = [s if s.id != "b" else broken for s in STEPS]
+    res = Runner(steps, ParamSet(steps).with_values("1", params["1"].model_dump()), store).run(
+        "b", "c")
+    assert [r.status for r in res] == ["done", "done"]
+    assert store.status("b") == "done"
+    assert any("preview 'mean' could not be drawn: no ink" in w
+               for w in store.manifest("b")["warnings"])
+    assert not (store.step_dir("b") / "preview_mean.png").exists()
+
+
 def test_crash_mid_step_keeps_previous_result(session):
     params, store = session
     Runner(STEPS, params, store).run(stop="c")
