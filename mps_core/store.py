@@ -78,11 +78,14 @@ class StepRun:
     def put(self, name: str, value: Any) -> list:
         """Persist one output. Arrays are written lazily: the returned dask jobs must be
         computed; computing all of a step's jobs together reads shared inputs once."""
+        links = {}
         if isinstance(value, xr.DataArray):
+            if value.encoding.get(SAME_DATA):
+                links[name] = value.encoding[SAME_DATA]
             value = value.to_dataset(name=name, promote_attrs=False)
             value.attrs["mps_dataarray"] = name
         if isinstance(value, xr.Dataset):
-            return _write_zarr(_zarr_safe(value), self.path_for(name, ".zarr"))
+            return _write_zarr(_zarr_safe(value), self.path_for(name, ".zarr"), links)
         if isinstance(value, str):
             self.path_for(name, ".txt").write_text(value)
         else:
@@ -205,8 +208,48 @@ def _regular_chunks(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _write_zarr(ds: xr.Dataset, path: Path):
-    """Write metadata and in-memory variables now; return one lazy job for the dask ones.
+# An output whose values are those of a stored array, bit for bit (3a's movie when nothing is
+# cropped or subtracted), says so with `same_data`: the store then hard-links that array's
+# chunk files instead of reading, compressing and writing the movie again (101 s of 3a on a
+# 10-minute recording). A link outlives the deletion of the original's folder.
+SAME_DATA = "mps_same_data_as"
+_STORED_AT = "mps_stored_at"
+_LINK_KEYS = ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")
+
+
+def same_data(out: xr.DataArray, source: xr.DataArray) -> xr.DataArray:
+    """Mark `out` as holding exactly `source`'s values (only metadata differs), so storing
+    it can reuse `source`'s files when `source` was loaded from a session store."""
+    if source.encoding.get(_STORED_AT):
+        out.encoding[SAME_DATA] = source.encoding[_STORED_AT]
+    return out
+
+
+def _link_array(src: Path, dst: Path) -> bool:
+    """Give the freshly created (metadata only) array `dst` the chunk files of `src`, by hard
+    link (a copy where the file system has none); False, touching nothing, unless both are
+    stored alike (shape, type, chunks, shards, codecs)."""
+    try:
+        a, b = (json.loads((d / "zarr.json").read_text()) for d in (src, dst))
+    except (OSError, ValueError):
+        return False
+    if any(a.get(k) != b.get(k) for k in _LINK_KEYS):
+        return False
+    for f in src.rglob("*"):
+        if f.is_dir() or f == src / "zarr.json":
+            continue
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+    return True
+
+
+def _write_zarr(ds: xr.Dataset, path: Path, links: dict[str, tuple[str, str]] | None = None):
+    """Write metadata and in-memory variables now; return one lazy job for the dask ones
+    (`links`: variables whose files are taken from a stored array, see `same_data`).
 
     The data are stored with `dask.array.store` straight from the step's own arrays, so
     outputs that share inputs (a movie and its per-frame scores) keep the same task keys
@@ -221,6 +264,9 @@ def _write_zarr(ds: xr.Dataset, path: Path):
     ds.to_zarr(path, mode="w", compute=False, consolidated=False, zarr_format=3,
                encoding=encoding)
     lazy = {k: v.data for k, v in ds.variables.items() if isinstance(v.data, da.Array)}
+    for k, (src, var) in (links or {}).items():
+        if k in lazy and _link_array(Path(src) / var, path / k):
+            del lazy[k]
     if not lazy:
         return []
     targets = [zarr.open_array(path / k, mode="r+") for k in lazy]
@@ -461,7 +507,11 @@ def load_path(path: Path) -> Any:
             warnings.filterwarnings("ignore", message="The specified chunks separate")
             ds = xr.open_zarr(path, consolidated=False, **({"chunks": shards} if shards else {}))
         var = ds.attrs.get("mps_dataarray")
-        return ds[var] if var else ds
+        if not var:
+            return ds
+        arr = ds[var]
+        arr.encoding[_STORED_AT] = (str(path), var)  # lets a step pass it on unchanged
+        return arr
     if path.suffix == ".txt":
         return path.read_text()
     return json.loads(path.read_text())

@@ -310,6 +310,29 @@ def test_crop_step_removes_a_static_background(run, background, tmp_path):
     assert (tmp_path / "cropped_mean_frame.png").exists()
 
 
+def test_uncropped_movie_without_background_is_marked_as_the_corrected_movie(run):
+    """Full frame and no background: 3a's movie is the corrected movie itself, so the store
+    may link its files; any crop, background or clipping that changes a value must not."""
+    from mps_core.store import SAME_DATA
+
+    store = run["store"]
+    movie = store.load("2e", "movie")
+    cfg = store.load("1", "config")
+    same = STEP_3A(CropParams(use_full_frame=True, save_mean_image=False), SimpleContext(),
+                   config=cfg, movie=movie)["movie_cropped"]
+    assert same.encoding.get(SAME_DATA)
+    np.testing.assert_array_equal(same.values, movie.values)
+    for params in (dict(use_full_frame=False), dict(use_full_frame=True, background="ring")):
+        out = STEP_3A(CropParams(save_mean_image=False, **params), SimpleContext(), config=cfg,
+                      movie=movie)["movie_cropped"]
+        assert not out.encoding.get(SAME_DATA)
+    shifted = (movie - float(movie.mean())).astype(np.float32)  # negatives, then clipped
+    shifted.encoding.update(movie.encoding)
+    out = STEP_3A(CropParams(use_full_frame=True, clip_negatives=True, save_mean_image=False),
+                  SimpleContext(), config=cfg, movie=shifted)["movie_cropped"]
+    assert not out.encoding.get(SAME_DATA)
+
+
 def test_cell_diameter_from_step_1_wins(run):
     store = run["store"]
     config = {**store.load("1", "config"), "cell_diameter_px": 14.0}

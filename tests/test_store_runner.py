@@ -1,6 +1,7 @@
 """Session store and runner on a small fake pipeline: atomic commits, staleness, cancel, resume."""
 
 import json
+import shutil
 import threading
 
 import dask
@@ -338,3 +339,46 @@ def test_store_writes_arrays_with_uneven_chunks(tmp_path):
     assert np.array_equal(back.values, values)
     assert np.array_equal(back["time_s"].values, np.arange(30.0))
     run.abort()
+
+
+def test_same_data_output_links_the_stored_files_and_outlives_the_original(tmp_path):
+    """An output marked as holding a stored array's values is stored by hard-linking that
+    array's chunk files (no rewrite); it reads back equal, with its own name and attributes,
+    and still reads after the original's folder is deleted. Stored differently (other
+    chunks), it is written normally."""
+    from mps_core.store import same_data
+
+    m, arr = _movie(frames=60, h=140, w=130, chunks=20)
+    store = SessionStore(tmp_path / "s")
+    first = store.begin("x")
+    dask.compute(*first.put("movie", arr))
+    first.commit({"run_id": first.run_id, "outputs": {"movie": "movie.zarr"}})
+    source = store.load("x", "movie")
+
+    def put(step, value):
+        run = store.begin(step)
+        dask.compute(*run.put("copy", value))
+        run.commit({"run_id": run.run_id, "outputs": {"copy": "copy.zarr"}})
+        return store.step_dir(step) / "copy.zarr" / "copy"
+
+    out = xr.DataArray(source.data.map_blocks(lambda b: b + 0), dims=source.dims,
+                       coords=source.coords, attrs={"y0": 0}, name="copy")
+    stored = source.values
+    linked = put("y", same_data(out, source))
+    files = [f for f in linked.rglob("*") if f.is_file() and f.name != "zarr.json"]
+    assert files and all(f.stat().st_nlink == 2 for f in files)
+    shutil.rmtree(store.step_dir("x"))
+    back = store.load("y", "copy")
+    assert back.name == "copy" and back.attrs["y0"] == 0
+    np.testing.assert_array_equal(back.values, stored)
+
+    # stored with other frame chunks, the files do not fit: written normally
+    first = store.begin("x")
+    dask.compute(*first.put("movie", arr))
+    first.commit({"run_id": first.run_id, "outputs": {"movie": "movie.zarr"}})
+    source = store.load("x", "movie")
+    other = xr.DataArray(source.data.rechunk({0: 15}), dims=source.dims, coords=source.coords,
+                         name="copy")
+    written = put("z", same_data(other, source))
+    assert all(f.stat().st_nlink == 1 for f in written.rglob("*") if f.is_file())
+    np.testing.assert_array_equal(store.load("z", "copy").values, source.values)

@@ -41,6 +41,7 @@ from ..init.nndsvd import nndsvd
 from ..init.svd import randomized_svd
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
+from ..store import same_data
 from . import sizes
 
 STAGE = "Crop and initialisation"
@@ -305,13 +306,14 @@ def crop_and_background(p: CropParams, ctx, config: dict, movie: xr.DataArray) -
     crop = _make_crop(p, H, W)
     data = _whole_frames(movie)
     rows, cols = crop.slices
-    lazy = [data.mean(axis=0, dtype=np.float64), data.max(axis=0)]
+    lazy = [data.mean(axis=0, dtype=np.float64), data.max(axis=0), data.min()]
     if p.background == "lowrank":
         idx = _lowrank_sample_index(p, T, crop.h * crop.w * 4, ctx)
         lazy.append(data[idx][:, rows, cols])
     got = ctx.compute(*lazy, message="mean and max projections")
     mean_full, max_full = np.asarray(got[0], np.float32), np.asarray(got[1], np.float32)
-    sample = np.asarray(got[2], np.float32) if len(got) > 2 else None
+    lowest = float(got[2])
+    sample = np.asarray(got[3], np.float32) if len(got) > 3 else None
     mean_crop, max_crop = crop.apply(mean_full), crop.apply(max_full)
 
     cell_size = _cell_size(config, max_crop, crop.mask)
@@ -330,6 +332,10 @@ def crop_and_background(p: CropParams, ctx, config: dict, movie: xr.DataArray) -
         attrs={**{k: v for k, v in movie.attrs.items() if isinstance(v, (str, int, float, bool))},
                "y0": int(crop.y0), "x0": int(crop.x0), "background": p.background,
                "clip_negatives": bool(p.clip_negatives)})
+    unchanged = (p.background == "none" and (crop.h, crop.w) == (H, W) and crop.mask.all()
+                 and movie.dtype == np.float32 and not (p.clip_negatives and lowest < 0))
+    if unchanged:  # the corrected movie as it is: stored by linking its files, not rewritten
+        movie_cropped = same_data(movie_cropped, movie)
     where = {"y0": int(crop.y0), "x0": int(crop.x0), "crop_height": int(crop.h),
              "crop_width": int(crop.w)}
     if p.save_mean_image:
