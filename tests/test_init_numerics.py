@@ -246,6 +246,40 @@ def test_randomized_svd_frame_subsample_covers_all_frames(synth10):
     assert total == pytest.approx(float((A**2).sum()), rel=1e-5)
 
 
+def test_3b_stores_the_subsample_once_with_the_same_result(synth10, tmp_path):
+    """With an output folder, 3b writes the every-s-th-frame rows once to a scratch zarr and
+    fits on it (passes then read a third of the movie): the result is bit for bit the one
+    fitted straight from the movie, and the scratch folder is gone afterwards."""
+    import xarray as xr
+
+    from mps_core.init import svd
+    from mps_core.registry import SimpleContext
+    from mps_core.steps import initialisation as ini
+
+    _, movie = synth10
+    mc = xr.DataArray(da.from_array(movie, chunks=(64, -1, -1)), dims=("frame", "height", "width"),
+                      coords={"frame": np.arange(len(movie))})
+    p = ini.NNDSVDParams(n_components=8, frame_subsample=3)
+    stored = []
+    real = svd.store_fit_rows
+
+    def spy(rows, folder, compute=None):
+        stored.append((rows.shape, folder))
+        return real(rows, folder, compute)
+
+    plain = ini.nndsvd_init(p, SimpleContext(), mc, {"diameter_px": 10.0})
+    ini.store_fit_rows = spy
+    try:
+        cached = ini.nndsvd_init(p, SimpleContext(output_dir=tmp_path), mc, {"diameter_px": 10.0})
+    finally:
+        ini.store_fit_rows = real
+    assert [s for s, _ in stored] == [(100, *movie.shape[1:])]
+    assert stored[0][1].is_relative_to(tmp_path)
+    assert not list(tmp_path.iterdir())
+    for name in ("nndsvd_spatial", "nndsvd_temporal", "singular_values"):
+        np.testing.assert_array_equal(cached[name].values, plain[name].values)
+
+
 def test_randomized_svd_errors():
     X = da.zeros((20, 5, 5), chunks=(10, 5, 5))
     with pytest.raises(ValueError, match="k must"):

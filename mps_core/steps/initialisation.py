@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +40,7 @@ from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..init.cellsize import estimate_cell_diameter
 from ..init.crop import Crop, crop_box, lowrank_background, static_background, subtract_background
 from ..init.nndsvd import nndsvd
-from ..init.svd import randomized_svd
+from ..init.svd import randomized_svd, store_fit_rows
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
 from ..store import same_data
@@ -444,9 +446,18 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
         done[0] += 1
         return ctx.compute(*collections, message=f"randomised SVD, pass {done[0]}/{n_passes}")
 
-    U, S, Vt, total = randomized_svd(
-        data, k, n_oversample=p.oversampling, n_iter=p.power_iterations,
-        frame_subsample=step, seed=p.seed, compute=compute)
+    n_passes += step > 1 and ctx.output_dir is not None
+    scratch = Path(tempfile.mkdtemp(prefix=".fit-rows-", dir=ctx.output_dir)) \
+        if step > 1 and ctx.output_dir is not None else None
+    try:  # the subsample goes to a scratch folder of the run, removed before the commit
+        U, S, Vt, total = randomized_svd(
+            data, k, n_oversample=p.oversampling, n_iter=p.power_iterations,
+            frame_subsample=step, seed=p.seed, compute=compute,
+            fit_store=(lambda rows: store_fit_rows(rows, scratch / "rows.zarr", compute))
+            if scratch else None)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     ctx.check_cancel()
     sigma = sizes.length(p.regularisation_sigma, d, 0.2, minimum=0.1) \
         if p.spatial_regularisation else None
