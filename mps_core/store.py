@@ -164,7 +164,11 @@ def _is_movie(v: xr.Variable) -> bool:
 
 
 def _movie_encoding(var: xr.Variable) -> dict[str, Any] | None:
-    """The zarr encoding of a dask-backed movie variable; None for every other variable."""
+    """The zarr encoding of a dask-backed movie variable; None for every other variable.
+
+    lz4 rather than zstd: movies are written 3 times and read about 12 times per session;
+    on rounded movie data (one core) zstd level 3 encodes 440 MB/s and decodes 1000 MB/s,
+    lz4 1330 and 1345 MB/s, for files 9 % larger (compression 2.76x instead of 3.03x)."""
     from zarr.codecs import BloscCodec
 
     if not _is_movie(var):
@@ -174,7 +178,7 @@ def _movie_encoding(var: xr.Variable) -> dict[str, Any] | None:
     tiles = [min(n, MOVIE_TILE) for n in data.shape[1:]]
     shard = [-(-n // k) * k for n, k in zip(data.shape[1:], tiles)]  # whole tiles per shard
     return {"chunks": (t, *tiles), "shards": (t, *shard),
-            "compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]}
+            "compressors": [BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")]}
 
 
 def _prepare_movies(ds: xr.Dataset) -> xr.Dataset:
