@@ -224,3 +224,88 @@ def test_bad_parameters_raise():
         remove_glow(frame[None], np.zeros((3, 3)))
     with pytest.raises(ValueError, match="order"):
         preprocess_frames(frame, order="sideways")
+
+
+# ------------------------------------------- fast exact paths (rank filters)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("radius, shape", [(1, "disk"), (4, "disk"), (15, "disk"), (5, "ellipse")])
+def test_row_convex_morphology_equals_opencv(dtype, radius, shape):
+    from mps_core.preprocess.filters import _footprint, _morph_workspace
+
+    rng = np.random.default_rng(radius)
+    top = 255 if dtype == np.uint8 else 60000
+    frame = rng.integers(0, top, size=(37, 45)).astype(dtype)
+    if dtype == np.float32:
+        frame += rng.random(frame.shape).astype(np.float32)
+    kernel = _footprint(radius, shape)
+    ws = _morph_workspace(radius, shape, frame.shape, frame.dtype)
+    assert ws is not None
+    np.testing.assert_array_equal(ws.apply(frame, erode=True), cv2.erode(frame, kernel))
+    np.testing.assert_array_equal(ws.apply(frame, erode=False), cv2.dilate(frame, kernel))
+
+
+def _reference_chain(frames, glow, ksize, radius, order):
+    """scipy / skimage reference of glow removal + top-hat + median in float64."""
+    out = []
+    for f in np.asarray(frames, np.float64):
+        x = f - (0 if glow is None else glow)
+        steps = [lambda y: white_tophat(y, disk(radius), mode="ignore"),
+                 lambda y: ndimage.median_filter(y, size=ksize, mode="nearest")]
+        for step in (steps if order == "background_first" else steps[::-1]):
+            x = step(x)
+        out.append(x)
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("order", ["background_first", "denoise_first"])
+@pytest.mark.parametrize("case", ["uint8", "float_glow", "uint16_range", "median7_uint16_range"])
+def test_rank_chain_equals_reference(order, case):
+    frames = raw_frames(n=3)
+    glow, ksize = None, 5
+    if case == "uint8":
+        frames = frames.astype(np.uint8)
+    elif case == "float_glow":
+        glow = frames.min(axis=0)
+    else:  # integers spanning > 256 levels: the uint16 path (and its median-7 fallback)
+        frames = frames * 40
+        ksize = 7 if case.startswith("median7") else 5
+    out = preprocess_frames(frames, glow=glow, denoise_method="median", denoise_kw={"ksize": ksize},
+                            background_method="tophat", background_kw={"radius": 4}, order=order)
+    assert out.dtype == np.float32 and out.shape == frames.shape
+    np.testing.assert_array_equal(out, _reference_chain(frames, glow, ksize, 4, order))
+    one = preprocess_frames(frames[0], glow=glow, denoise_method="median", denoise_kw={"ksize": ksize},
+                            background_method="tophat", background_kw={"radius": 4}, order=order)
+    np.testing.assert_array_equal(one, out[0])
+
+
+def test_rank_chain_non_integer_data_uses_float_path():
+    frames = np.stack([float_frame(seed=s) for s in range(2)])
+    out = preprocess_frames(frames, denoise_method="median", denoise_kw={"ksize": 3},
+                            background_method="tophat", background_kw={"radius": 3})
+    np.testing.assert_allclose(out, _reference_chain(frames, None, 3, 3, "background_first"),
+                               rtol=0, atol=1e-4)
+
+
+def test_rank_chain_bad_parameters_still_raise():
+    frames = raw_frames(n=1)
+    with pytest.raises(ValueError, match="ksize"):
+        preprocess_frames(frames, denoise_method="median", denoise_kw={"ksize": 4})
+    with pytest.raises(ValueError, match="radius"):
+        preprocess_frames(frames, background_method="tophat", background_kw={"radius": 0})
+
+
+def test_tophat_threads_do_not_share_workspaces():
+    """Chunks run in parallel dask threads; each must get its own buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [raw_frames(n=4, shape=(60, 70), seed=s).astype(np.uint8) for s in range(8)]
+    kw = dict(denoise_method="median", denoise_kw={"ksize": 5}, background_method="tophat",
+              background_kw={"radius": 6})
+    expected = [preprocess_frames(f, **kw) for f in frames]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda f: preprocess_frames(f, **kw), frames))
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)

@@ -269,3 +269,17 @@ def test_line_split_bad_input_raises():
         flag_advanced(np.zeros(5), cut="middle")
     with pytest.raises(ValueError, match="window"):
         flag_advanced(np.zeros(5), window=1)
+
+
+def test_uint8_scores_equal_float32_scores():
+    """8-bit frames take an integer path; it must give the float32 path's scores exactly."""
+    movie, _ = plant_corruption(clean_movie(n_frames=12))
+    movie[5, :, :20] = 0  # dark border columns: pairs touching them are left out
+    movie[6, :, -15:] = 1
+    movie[8] //= 30  # a dim frame (mostly "dark")
+    fast = frame_scores(movie)
+    slow = frame_scores(movie.astype(np.float32))
+    assert set(fast) == set(slow)
+    for key in fast:
+        assert fast[key].dtype == slow[key].dtype
+        np.testing.assert_array_equal(fast[key], slow[key], err_msg=key)

@@ -345,3 +345,30 @@ def test_report_video_decode_speed(tmp_path, capsys):
             f"\n[decode speed] VideoReader.read 608x608 FFV1: {full / 200 * 1e3:.2f} ms/frame over 200 frames; "
             f"seek+50 frames from 150: {tail / 50 * 1e3:.2f} ms/frame"
         )
+
+
+def test_lazy_movie_read_blocks_are_whole_chunks():
+    log: list = []
+    readers = [_CountingReader(23, log), _CountingReader(11, log)]
+    movie = lazy_movie(readers, chunk_frames=4, read_frames=10)  # blocks of 2 chunks
+    assert movie.chunks[0] == (4,) * 8 + (2,)
+    assert lazy_movie(readers, 4, read_frames=10).name == movie.name  # deterministic keys
+    assert lazy_movie(readers, 4).name != movie.name
+    with dask.config.set(scheduler="synchronous"):
+        values = movie.compute()[:, 0, 0]
+    np.testing.assert_array_equal(values, np.concatenate([np.arange(23), np.arange(11)]))
+    # one read per block of 8 frames (the block 16..24 spans both files), none twice
+    assert sorted(log) == sorted([("fake23", 0, 8), ("fake23", 8, 16), ("fake23", 16, 23),
+                                  ("fake11", 0, 1), ("fake11", 1, 9), ("fake11", 9, 11)])
+    with pytest.raises(ValueError, match="read_frames"):
+        lazy_movie(readers, 4, read_frames=0)
+
+
+def test_concatenated_read_keeps_common_dtype():
+    log: list = []
+    small = _CountingReader(5, log)
+    small.dtype = np.dtype(np.int32)
+    small.read = lambda a, b: np.zeros((b - a, 4, 5), np.int32)
+    movie = lazy_movie([small, _CountingReader(6, log)], chunk_frames=3)
+    with dask.config.set(scheduler="synchronous"):
+        assert movie.blocks[0].compute().dtype == np.int64  # one file, still the common dtype

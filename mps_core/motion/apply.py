@@ -104,14 +104,21 @@ def _source_maps(shape: tuple[int, int], mesh_shift: np.ndarray) -> tuple[np.nda
     return yy - field[..., 0], xx - field[..., 1]
 
 
-def _warp_rigid(frame: np.ndarray, shift: np.ndarray, flag: int, fill: float) -> np.ndarray:
+def _warp_rigid(frame: np.ndarray, shift: np.ndarray, flag: int, fill: float,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """One frame shifted; written into `out` (float32, frame's shape) when given."""
     h, w = frame.shape
     dy, dx = float(shift[0]), float(shift[1])
     if dy == 0.0 and dx == 0.0:
-        return frame.copy()
+        if out is None:
+            return frame.copy()
+        out[...] = frame
+        return out
     # Inverse map: out(x, y) = src(x - dx, y - dy).
     m = np.array([[1.0, 0.0, -dx], [0.0, 1.0, -dy]], dtype=np.float64)
-    out = cv2.warpAffine(frame, m, (w, h), flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    # straight into the caller's array: no per-frame temporary and copy
+    out = cv2.warpAffine(frame, m, (w, h), dst=out, flags=flag | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
     y0, y1 = _rigid_valid_range(h, dy)
     x0, x1 = _rigid_valid_range(w, dx)
     out[:y0] = fill
@@ -146,9 +153,12 @@ def apply_shifts(
     s = _check_shifts(shifts, arr.shape[0])
     fill = np.float32(fill_value)
     out = np.empty(arr.shape, np.float32)
-    warp = _warp_rigid if s.ndim == 2 else _warp_mesh
     for t in range(arr.shape[0]):
-        out[t] = warp(np.ascontiguousarray(arr[t], dtype=np.float32), s[t], flag, fill)
+        frame = np.ascontiguousarray(arr[t], dtype=np.float32)
+        if s.ndim == 2:
+            _warp_rigid(frame, s[t], flag, fill, out=out[t])
+        else:
+            out[t] = _warp_mesh(frame, s[t], flag, fill)
     return out
 
 

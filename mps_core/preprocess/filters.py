@@ -52,14 +52,21 @@ Background methods (:func:`remove_background`)
 Measured cost per 608x608 frame of 8-bit-valued float32 data, one core
 (cv2.setNumThreads(1)): median 3 / 5 / 7: 0.4 / 1.5 / 9 ms (median 7 on
 non-integer data, scipy: ~250 ms); gaussian sigma 1 / 2: 0.5 / 0.9 ms;
-bilateral defaults: 2.5 ms; anisotropic defaults: 18 ms; top-hat r=7 / 15:
-1.4 / 6 ms; uniform 31: 0.7 ms; the default chain (glow, top-hat r=15, median
-5): 7.5 ms. The defaults are the cheap choices.
+bilateral defaults: 2.5 ms; anisotropic defaults: 18 ms; top-hat r=15: 1.8 ms
+(uint8) / 2.7 ms (uint16); uniform 31: 0.7 ms; the default chain on 8-bit frames
+(top-hat r=15, median 5): 2.2 ms (13 ms before the integer chain and the row-wise
+morphology). The defaults are the cheap choices.
+
+Rank-filter chains (top-hat and/or median, the defaults) on integer-valued frames run
+on uint8/uint16 images from end to end (:func:`_rank_chain`): exact, as these filters
+commute with a constant shift and only pick input values. The disk top-hat uses the
+footprint's rows (:class:`_RowConvexMorph`) instead of OpenCV's point-by-point kernel.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable
 
 import cv2
@@ -295,8 +302,127 @@ def _footprint(radius: int, shape: str) -> np.ndarray:
     return (xx * xx + yy * yy <= radius * radius).astype(np.uint8)
 
 
-def _tophat_frame(frame: np.ndarray, radius: int = 15, shape: str = "disk") -> np.ndarray:
-    """White top-hat (frame minus opening) of one float32 frame."""
+@functools.lru_cache(maxsize=16)
+def _row_half_widths(radius: int, shape: str) -> tuple[int, ...] | None:
+    """Half-width of each row of the footprint when every row is one run centred on the
+    middle column (true of the disk and of OpenCV's ellipse); None otherwise."""
+    kernel = _footprint(radius, shape)
+    centre = kernel.shape[1] // 2
+    half = []
+    for row in kernel:
+        cols = np.flatnonzero(row)
+        if cols.size == 0:
+            return None
+        w = centre - int(cols[0])
+        if w < 0 or int(cols[-1]) != centre + w or cols.size != 2 * w + 1:
+            return None
+        half.append(w)
+    return tuple(half)
+
+
+class _RowConvexMorph:
+    """Erosion (min) and dilation (max) by a footprint given as centred row runs
+    (`half[i]` = half-width of row i), for frames of one shape and dtype; pixels outside
+    the frame are ignored (as OpenCV's default border for morphology).
+
+    Why: OpenCV's morphology with a non-rectangular kernel visits every one of its points
+    (~700 for the r=15 disk). Here the footprint is the union of its rows: a horizontal
+    min over each row's run (built from doubling runs of 1, 2, 4, ... pixels, so every
+    width costs one extra pass), then a min over the rows' vertical offsets. About 50
+    passes over the frame instead of 700, and exact, as min/max are. The buffers are
+    allocated once and reused for every frame: fresh ~0.5 MB temporaries per pass cost
+    more in page faults than the arithmetic (measured: 2.4 vs 1.0 ms per erosion).
+    """
+
+    def __init__(self, half: tuple[int, ...], shape: tuple[int, int], dtype: np.dtype):
+        self.half, self.dtype = half, np.dtype(dtype)
+        self.r, self.wmax = len(half) // 2, max(half)
+        h, w = shape
+        self.shape = (h, w)
+        ph, pw = h + 2 * self.r, w + 2 * self.wmax
+        self.padded = np.empty((ph, pw), self.dtype)
+        self.runs = {1: self.padded}
+        p = 1
+        while 2 * p <= 2 * self.wmax + 1:
+            self.runs[2 * p] = np.empty((ph, pw - (2 * p - 1)), self.dtype)
+            p *= 2
+        self.row = np.empty((ph, w), self.dtype)
+        # rows of the footprint grouped by half-width: each run image is used for all
+        self.offsets = {hw: [i for i, v in enumerate(half) if v == hw] for hw in set(half)}
+
+    def _pad(self, erode: bool):
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            return info.max if erode else info.min
+        return np.inf if erode else -np.inf
+
+    def apply(self, frame: np.ndarray, erode: bool, out: np.ndarray | None = None) -> np.ndarray:
+        op = np.minimum if erode else np.maximum
+        h, w = self.shape
+        r, wmax = self.r, self.wmax
+        self.padded.fill(self._pad(erode))
+        self.padded[r : r + h, wmax : wmax + w] = frame
+        p = 1
+        while 2 * p in self.runs:  # runs[2p][:, x] = op over padded columns x .. x+2p-1
+            prev = self.runs[p]
+            op(prev[:, :-p], prev[:, p:], out=self.runs[2 * p])
+            p *= 2
+        out = np.empty((h, w), self.dtype) if out is None else out
+        first = True
+        for hw, rows in self.offsets.items():
+            length = 2 * hw + 1
+            p = 1 << (length.bit_length() - 1)  # largest power of two <= length
+            run = self.runs[p]
+            # output column x covers padded columns x+wmax-hw .. x+wmax+hw: two runs of p
+            a, b = wmax - hw, wmax + hw - p + 1
+            op(run[:, a : a + w], run[:, b : b + w], out=self.row)
+            for i in rows:
+                if first:
+                    out[...] = self.row[i : i + h]
+                    first = False
+                else:
+                    op(out, self.row[i : i + h], out=out)
+        return out
+
+
+_WORKSPACES = threading.local()
+
+
+def _morph_workspace(radius: int, shape: str, frame_shape: tuple[int, int],
+                     dtype: np.dtype) -> _RowConvexMorph | None:
+    """The reusable workspace of this thread for one footprint, frame shape and dtype.
+
+    Per thread because dask runs chunks in parallel threads, and a workspace must not be
+    shared between them; the last few are kept (a run uses one or two) and they go away
+    with their thread.
+    """
+    half = _row_half_widths(radius, shape)
+    if half is None:
+        return None
+    cache = getattr(_WORKSPACES, "items", None)
+    if cache is None:
+        cache = _WORKSPACES.items = {}
+    key = (half, tuple(frame_shape), np.dtype(dtype).str)
+    ws = cache.get(key)
+    if ws is None:
+        if len(cache) >= 4:
+            cache.clear()
+        ws = cache[key] = _RowConvexMorph(half, tuple(frame_shape), np.dtype(dtype))
+    return ws
+
+
+def _tophat_same_dtype(frame: np.ndarray, radius: int, shape: str) -> np.ndarray:
+    """White top-hat of one frame in its own dtype (uint8, uint16 or float32)."""
+    ws = _morph_workspace(radius, shape, frame.shape, frame.dtype)
+    if ws is None:  # not row-convex: OpenCV's general morphology
+        return cv2.morphologyEx(frame, cv2.MORPH_TOPHAT, _footprint(radius, shape))
+    eroded = ws.apply(frame, erode=True)
+    opened = ws.apply(eroded, erode=False, out=eroded)
+    # opening <= frame everywhere, so the difference never wraps for unsigned types
+    return np.subtract(frame, opened, out=opened)
+
+
+def _check_tophat(radius: int, shape: str) -> int:
     r = int(radius)
     if r != radius or r < 1:
         raise ValueError(f"filters.remove_background(tophat): radius must be an integer >= 1, got {radius!r}")
@@ -304,13 +430,18 @@ def _tophat_frame(frame: np.ndarray, radius: int = 15, shape: str = "disk") -> n
         raise ValueError(
             f"filters.remove_background(tophat): shape must be 'disk' or 'ellipse', got {shape!r}"
         )
-    kernel = _footprint(r, shape)
+    return r
+
+
+def _tophat_frame(frame: np.ndarray, radius: int = 15, shape: str = "disk") -> np.ndarray:
+    """White top-hat (frame minus opening) of one float32 frame."""
+    r = _check_tophat(radius, shape)
     # Integer data: 3x (uint8) or 2x (uint16) faster and exact, as the top-hat
-    # is invariant to the shift. Default OpenCV border: outside pixels never win.
+    # is invariant to the shift. Pixels outside the frame never win.
     shifted = _as_unsigned(frame, 65536)
     if shifted is not None:
-        return cv2.morphologyEx(shifted[0], cv2.MORPH_TOPHAT, kernel).astype(np.float32)
-    return cv2.morphologyEx(frame, cv2.MORPH_TOPHAT, kernel)
+        return _tophat_same_dtype(shifted[0], r, shape).astype(np.float32)
+    return _tophat_same_dtype(frame, r, shape)
 
 
 def _uniform_frame(frame: np.ndarray, window: int = 31) -> np.ndarray:
@@ -366,6 +497,10 @@ def preprocess_frames(
     """
     if order not in ORDERS:
         raise ValueError(f"filters.preprocess_frames: order must be one of {list(ORDERS)}, got {order!r}")
+    fast = _rank_chain(frames, glow, denoise_method, denoise_kw or {}, background_method,
+                       background_kw or {}, order)
+    if fast is not None:
+        return fast
     out, single = _as_float_frames(frames, "preprocess_frames")
     if glow is not None:
         out = remove_glow(out, glow)
@@ -377,6 +512,91 @@ def preprocess_frames(
         steps.reverse()
     for step in steps:
         out = step(out)
+    return out[0] if single else out
+
+
+def _rank_steps(denoise_method: str, denoise_kw: dict, background_method: str,
+                background_kw: dict, order: str) -> list | None:
+    """The chain as integer-image steps when it is made of rank filters only (top-hat,
+    median, none) with valid parameters; None otherwise (the general float path then runs
+    and reports any bad parameter)."""
+    steps = []
+    if background_method == "tophat":
+        if set(background_kw) - {"radius", "shape"}:
+            return None
+        radius, shape = background_kw.get("radius", 15), background_kw.get("shape", "disk")
+        try:
+            r = _check_tophat(radius, shape)
+        except ValueError:
+            return None
+        steps.append(("tophat", functools.partial(_tophat_same_dtype, radius=r, shape=shape)))
+    elif background_method != "none" or background_kw:
+        return None
+    if denoise_method == "median":
+        if set(denoise_kw) - {"ksize"}:
+            return None
+        try:
+            k = _odd_size(denoise_kw.get("ksize", 5), "ksize", "denoise(median)")
+        except ValueError:
+            return None
+        steps.append(("median", k))
+    elif denoise_method != "none" or denoise_kw:
+        return None
+    return steps if order == "background_first" else steps[::-1]
+
+
+def _integer_frame(frame: np.ndarray, glow: np.ndarray | None) -> tuple[np.ndarray, float] | None:
+    """(frame - glow) as (uint8/uint16 image, offset) when that is exact, else None.
+
+    8-bit frames without glow are used as they are (no float round trip at all).
+    """
+    if glow is None and frame.dtype == np.uint8:
+        return frame, 0.0
+    f = frame.astype(np.float32)
+    if glow is not None:
+        f -= glow
+    return _as_unsigned(f, 65536)
+
+
+def _rank_chain(frames, glow, denoise_method, denoise_kw, background_method, background_kw,
+                order) -> np.ndarray | None:
+    """Rank-filter chains (the defaults: top-hat then median) run on integer images.
+
+    Top-hat and median commute with a constant shift and pick values of their input, so on
+    integer-valued frames spanning <= 65536 levels they give exactly the float result, but
+    2-4x faster on uint8 / uint16 (OpenCV's median needs uint8 for kernels above 5, and its
+    float median exists only up to 5). Returns None when this path does not apply (other
+    methods, non-integer data, odd shapes), and the caller runs the general float path.
+    """
+    steps = _rank_steps(denoise_method, denoise_kw, background_method, background_kw, order)
+    arr = np.asarray(frames)
+    if steps is None or arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
+        return None
+    if np.iscomplexobj(arr) or arr.shape[-2] < 1 or arr.shape[-1] < 1:
+        return None
+    single = arr.ndim == 2
+    arr = arr[None] if single else arr
+    glow_f = None
+    if glow is not None:
+        glow_f = np.asarray(glow, dtype=np.float32)
+        if glow_f.shape != arr.shape[1:]:
+            return None
+    out = np.empty(arr.shape, np.float32)
+    for t in range(arr.shape[0]):
+        shifted = _integer_frame(np.ascontiguousarray(arr[t]), glow_f)
+        if shifted is None:
+            return None
+        img, lo = shifted
+        for name, step in steps:
+            if name == "tophat":
+                img, lo = step(img), 0.0  # the top-hat removes the offset
+            elif img.dtype == np.uint8 or step <= 5:
+                img = cv2.medianBlur(img, step)
+            else:  # OpenCV has no uint16 median above 5
+                img = _median_frame(img.astype(np.float32), step).astype(img.dtype)
+        out[t] = img
+        if lo:
+            out[t] += np.float32(lo)
     return out[0] if single else out
 
 

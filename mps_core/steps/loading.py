@@ -120,7 +120,10 @@ def load(p: LoadParams, ctx, config: dict) -> dict:
     readers = health.readers()
     first = readers[0]
     chunk = p.chunk_frames or ctx.chunk_frames(first.height * first.width * 4, copies=6)
-    movie = lazy_movie(readers, chunk)
+    # videos are decoded in longer blocks than the chunks: each read of a video seeks,
+    # and a seek decodes 16 frames again (see lazy_movie); two blocks per worker in memory
+    read = ctx.chunk_frames(first.height * first.width * first.dtype.itemsize, copies=2)
+    movie = lazy_movie(readers, chunk, read_frames=read if read > chunk else None)
     n_total = movie.shape[0]
 
     # which original frames we keep: video percentage, trims, temporal downsampling
