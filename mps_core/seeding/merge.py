@@ -218,7 +218,6 @@ def demixed_traces(M: sp.csr_array, C: np.ndarray) -> np.ndarray:
     """Least-squares demixed traces of footprints ``M`` (CSR (n, pixels)) whose traces ``C``
     follow the 4e convention (see the module docstring); rows with empty footprints or
     non-finite traces are left as they were (they never link)."""
-    n = M.shape[0]
     C = np.asarray(C, np.float64)
     ok = np.isfinite(C).all(axis=1) & (np.asarray(M.sum(axis=1)).ravel() > 0)
     out = C.copy()
