@@ -31,6 +31,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .sparse_footprints import as_csr, centroids_csr, row_max
+
 __all__ = ["dilate", "cluster_units", "cluster_boxes", "centroids"]
 
 Box = tuple[int, int, int, int]
@@ -80,25 +82,27 @@ def _disk(radius: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- 7b clusters
 
 
-def centroids(A: np.ndarray) -> np.ndarray:
-    """(n, 2) intensity-weighted (y, x) centres of mass; NaN for empty footprints."""
-    A = np.asarray(A, np.float64)
-    mass = A.sum((1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cy = A.sum(2) @ np.arange(A.shape[1]) / mass
-        cx = A.sum(1) @ np.arange(A.shape[2]) / mass
-    return np.column_stack([cy, cx])
+def centroids(A: np.ndarray | sp.spmatrix, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(n, 2) intensity-weighted (y, x) centres of mass; NaN for empty footprints.
+
+    ``A`` dense (n, H, W) or sparse (n, H*W) with ``shape`` = (H, W); both are summed over
+    their non-zero pixels only (float64), so they give identical results."""
+    csr, shp = as_csr(A, shape, "centroids")
+    return centroids_csr(csr, shp)
 
 
-def cluster_units(A: np.ndarray, *, max_cluster_size: int = 10, overlap_threshold: float = 0.2,
-                  max_distance: float | None = None, min_area: int = 0,
-                  min_intensity: float = 0.0) -> np.ndarray:
+def cluster_units(A: np.ndarray | sp.spmatrix, *, max_cluster_size: int = 10,
+                  overlap_threshold: float = 0.2, max_distance: float | None = None,
+                  min_area: int = 0, min_intensity: float = 0.0,
+                  shape: tuple[int, int] | None = None) -> np.ndarray:
     """(n,) int64 cluster label of every unit (see the module docstring).
 
-    Units with fewer than ``min_area`` support pixels, or whose peak is under ``min_intensity``
-    times the brightest unit's peak, are never joined to others (each is its own cluster).
+    ``A`` dense (n, H, W) footprints, or sparse (n, H*W) with ``shape`` = (H, W) (no dense
+    copy is made; the result is the same). Units with fewer than ``min_area`` support pixels,
+    or whose peak is under ``min_intensity`` times the brightest unit's peak, are never
+    joined to others (each is its own cluster).
     """
-    A = _check_footprints(A, "cluster_units")
+    A, shape = as_csr(A, shape, "cluster_units")
     if int(max_cluster_size) != max_cluster_size or max_cluster_size < 1:
         raise ValueError(f"cluster_units: max_cluster_size must be an integer >= 1, got "
                          f"{max_cluster_size!r}")
@@ -109,7 +113,7 @@ def cluster_units(A: np.ndarray, *, max_cluster_size: int = 10, overlap_threshol
     n = A.shape[0]
     if n == 0:
         return np.zeros(0, np.int64)
-    cent = centroids(A)
+    cent = centroids_csr(A, shape)
     i, j = _overlap_pairs(A, overlap_threshold, min_area, min_intensity)
     if max_distance is not None and i.size:
         i, j = _within_distance(i, j, cent, max_distance)
@@ -121,11 +125,12 @@ def cluster_units(A: np.ndarray, *, max_cluster_size: int = 10, overlap_threshol
     return _number(groups, n)
 
 
-def _overlap_pairs(A, threshold, min_area, min_intensity) -> tuple[np.ndarray, np.ndarray]:
+def _overlap_pairs(A: sp.csr_matrix, threshold, min_area,
+                   min_intensity) -> tuple[np.ndarray, np.ndarray]:
     """Pairs i < j whose supports share > threshold of the smaller support's pixels."""
-    S = sp.csr_matrix((A.reshape(A.shape[0], -1) > 0).astype(np.float32))
+    S = (A > 0).astype(np.float32)
     area = np.asarray(S.sum(axis=1)).ravel()
-    peak = A.reshape(A.shape[0], -1).max(axis=1)
+    peak = row_max(A)
     eligible = (area >= max(min_area, 1)) & (peak >= min_intensity * max(peak.max(), 0))
     inter = sp.triu(S @ S.T, k=1).tocoo()  # shared pixel counts, only overlapping pairs
     i, j, shared = inter.row, inter.col, inter.data
@@ -172,18 +177,26 @@ def _number(groups: list[np.ndarray], n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- 7c boxes
 
 
-def cluster_boxes(A: np.ndarray, labels: np.ndarray, *, dilation_radius: int = 10,
+def cluster_boxes(A: np.ndarray | sp.spmatrix, labels: np.ndarray, *, dilation_radius: int = 10,
                   padding: int = 20, min_size: int = 40, intensity_threshold: float = 0.05,
                   shape: tuple[int, int] | None = None) -> list[Box]:
     """One half-open ``(y0, y1, x0, x1)`` box per cluster label 0..K-1 (module docstring).
 
-    ``shape`` (height, width) is checked against ``A``'s frame when given. ValueError if a
-    cluster has only empty footprints.
+    ``A`` dense (n, H, W), or sparse (n, H*W) with ``shape`` = (H, W). For dense ``A``,
+    ``shape`` is checked against its frame when given. ValueError if a cluster has only
+    empty footprints.
     """
-    A = _check_footprints(A, "cluster_boxes")
-    H, W = A.shape[1:]
-    if shape is not None and tuple(shape) != (H, W):
-        raise ValueError(f"cluster_boxes: shape {tuple(shape)} does not match A's frame {(H, W)}")
+    if sp.issparse(A):
+        if shape is None:
+            raise ValueError("cluster_boxes: sparse footprints need shape (height, width)")
+        A, (H, W) = as_csr(A, shape, "cluster_boxes")
+    else:
+        A = _check_footprints(A, "cluster_boxes")
+        H, W = A.shape[1:]
+        if shape is not None and tuple(shape) != (H, W):
+            raise ValueError(f"cluster_boxes: shape {tuple(shape)} does not match A's frame "
+                             f"{(H, W)}")
+        A, _ = as_csr(A, None, "cluster_boxes")
     labels = check_labels(labels, A.shape[0], "cluster_boxes")
     for name, v in (("dilation_radius", dilation_radius), ("padding", padding)):
         if int(v) != v or v < 0:
@@ -194,18 +207,27 @@ def cluster_boxes(A: np.ndarray, labels: np.ndarray, *, dilation_radius: int = 1
         raise ValueError(f"cluster_boxes: intensity_threshold must be in [0, 1), got "
                          f"{intensity_threshold!r}")
     grow = int(dilation_radius) + int(padding)
+    # float32 thresholds, as the dense comparison ``A > threshold * peak`` computes them
+    cut = intensity_threshold * row_max(A)
+    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+    inside = (A.data > cut[rows]) & (A.data > 0)
+    lab, pix = labels[rows[inside]], A.indices[inside].astype(np.int64)
+    ys, xs = np.divmod(pix, W)
+    K = int(labels.max()) + 1 if labels.size else 0
+    lo_y, lo_x = np.full(K, H, np.int64), np.full(K, W, np.int64)
+    hi_y, hi_x = np.full(K, -1, np.int64), np.full(K, -1, np.int64)
+    np.minimum.at(lo_y, lab, ys)
+    np.minimum.at(lo_x, lab, xs)
+    np.maximum.at(hi_y, lab, ys)
+    np.maximum.at(hi_x, lab, xs)
     boxes = []
-    for k in range(labels.max() + 1 if labels.size else 0):
-        members = np.flatnonzero(labels == k)
-        sub = A[members]
-        peaks = sub.reshape(len(members), -1).max(axis=1)
-        mask = (sub > (intensity_threshold * peaks)[:, None, None]) & (sub > 0)
-        ys, xs = np.nonzero(mask.any(axis=0))
-        if ys.size == 0:
+    for k in range(K):
+        if hi_y[k] < 0:
+            members = np.flatnonzero(labels == k)
             raise ValueError(f"cluster_boxes: cluster {k} (units {members.tolist()}) has only empty "
                              f"footprints; drop empty units first")
-        y0, y1 = _span(ys.min() - grow, ys.max() + 1 + grow, int(min_size), H)
-        x0, x1 = _span(xs.min() - grow, xs.max() + 1 + grow, int(min_size), W)
+        y0, y1 = _span(int(lo_y[k]) - grow, int(hi_y[k]) + 1 + grow, int(min_size), H)
+        x0, x1 = _span(int(lo_x[k]) - grow, int(hi_x[k]) + 1 + grow, int(min_size), W)
         boxes.append((y0, y1, x0, x1))
     return boxes
 

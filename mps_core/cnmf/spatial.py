@@ -39,7 +39,9 @@ the objective is ``0.5 a^T CC a - a^T (YC_p - ...) + lam . a`` (constant dropped
    get 0 for every unit. ``n_sweeps > 1`` repeats the pass over clusters using the previous
    sweep's footprints for the fixed units (Jacobi sweeps; no extra read of the movie). They
    converge slowly between strongly correlated overlapping units: those belong in one cluster.
-4. `merge_boxes` (7f, seconds): assembles (n, H, W) footprints. Each unit normally comes from
+4. `results_csr` (7e) assembles the per-plan results into a sparse (unit, pixel) matrix (7e-8c
+   never hold a dense footprint stack, see :mod:`mps_core.cnmf.sparse_footprints`).
+   `merge_boxes`: assembles dense (n, H, W) footprints. Each unit normally comes from
    exactly one box (its cluster's); when a unit was solved in several boxes, each pixel takes
    the value from the box whose centre is nearest to the pixel (ties: the earlier box).
    Optional Gaussian smoothing (``sigma`` px) gives a second, smoothed copy; units whose raw
@@ -57,11 +59,12 @@ import scipy.sparse as sp
 from scipy import ndimage as ndi
 
 from .clusters import check_labels
+from .sparse_footprints import as_csr, dense_unit, scatter_csr
 from .yra import footprints_csr, frame_chunked
 
 __all__ = ["BoxPlan", "BoxProducts", "BoxFootprints", "MergedFootprints", "plan_boxes",
            "sufficient_statistics", "update_footprints", "merge_boxes", "unit_windows",
-           "covariance_maps", "smoothing_scores", "select_smoothing"]
+           "covariance_maps", "smoothing_scores", "select_smoothing", "results_csr"]
 
 Box = tuple[int, int, int, int]
 Compute = Callable[..., tuple]
@@ -114,12 +117,16 @@ class MergedFootprints:
 # ----------------------------------------------------------------------------- plans
 
 
-def plan_boxes(A_dilated: np.ndarray, labels: np.ndarray, boxes: list[Box]) -> list[BoxPlan]:
-    """One `BoxPlan` per cluster: pixels of its box where a member's dilated footprint is > 0."""
-    A = np.asarray(A_dilated)
-    if A.ndim != 3:
-        raise ValueError(f"plan_boxes: A_dilated must be (unit, height, width), got {A.shape}")
-    n, H, W = A.shape
+def plan_boxes(A_dilated: np.ndarray | sp.spmatrix, labels: np.ndarray, boxes: list[Box],
+               shape: tuple[int, int] | None = None) -> list[BoxPlan]:
+    """One `BoxPlan` per cluster: pixels of its box where a member's dilated footprint is > 0.
+
+    ``A_dilated`` dense (n, H, W), or sparse (n, H*W) with ``shape`` = (H, W)."""
+    if not sp.issparse(A_dilated) and np.ndim(A_dilated) != 3:
+        raise ValueError(f"plan_boxes: A_dilated must be (unit, height, width), got "
+                         f"{np.shape(A_dilated)}")
+    A, (H, W) = as_csr(A_dilated, shape, "plan_boxes")
+    n = A.shape[0]
     labels = check_labels(labels, n, "plan_boxes")
     K = int(labels.max()) + 1 if n else 0
     if len(boxes) != K:
@@ -131,13 +138,25 @@ def plan_boxes(A_dilated: np.ndarray, labels: np.ndarray, boxes: list[Box]) -> l
             raise ValueError(f"plan_boxes: box {k} = {tuple(box)} is empty or outside the "
                              f"{H}x{W} frame")
         units = np.flatnonzero(labels == k)
-        crop = A[units, y0:y1, x0:x1] > 0  # (k, h, w)
+        crop = _support_crop(A, units, (y0, y1, x0, x1), W)  # (k, h, w) bool
         inside = crop.any(axis=0)
         yy, xx = np.nonzero(inside)
         pixels = ((yy + y0) * W + (xx + x0)).astype(np.int64)
         support = crop[:, yy, xx].T.copy()
         plans.append(BoxPlan((y0, y1, x0, x1), units.astype(np.int64), pixels, support))
     return plans
+
+
+def _support_crop(A: sp.csr_matrix, units: np.ndarray, box: Box, W: int) -> np.ndarray:
+    """(k, h, w) bool: where each of ``units`` is > 0 inside ``box`` (``A[units, box] > 0``)."""
+    y0, y1, x0, x1 = box
+    crop = np.zeros((units.size, y1 - y0, x1 - x0), bool)
+    for i, u in enumerate(units):
+        lo, hi = A.indptr[u], A.indptr[u + 1]
+        ys, xs = np.divmod(A.indices[lo:hi][A.data[lo:hi] > 0], W)
+        ok = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+        crop[i, ys[ok] - y0, xs[ok] - x0] = True
+    return crop
 
 
 def _whole_frame_plan(n: int, H: int, W: int) -> BoxPlan:
@@ -290,7 +309,7 @@ def update_footprints(YC: BoxProducts, CC: np.ndarray, A_init: np.ndarray, noise
                       on_plan: Callable[[int, int], None] | None = None) -> list[BoxFootprints]:
     """New footprints of every plan's units (see the module docstring), one result per plan.
 
-    ``A_init`` (n, H, W) current footprints: warm start, and the fixed values of units outside
+    ``A_init`` (n, H, W) current footprints (or a sparse (n, H*W) matrix): warm start, and the fixed values of units outside
     a cluster; ``noise`` (H, W) the 5a map; ``b`` (H, W) the fixed background (only with f in
     the statistics; None re-estimates it); ``pixel_std`` (H, W) defaults to the std from the
     statistics' pass. ``tol``: coordinate descent stops when no unit's change, in units of its
@@ -328,7 +347,11 @@ def _check_update(YC, CC, A_init, noise, b, penalty_scale, min_penalty, max_pena
     if np.shape(CC) != (m, m):
         raise ValueError(f"update_footprints: CC must be ({m}, {m}) to match the statistics, got "
                          f"{np.shape(CC)}")
-    if np.shape(A_init) != (n, H, W):
+    if sp.issparse(A_init):
+        if A_init.shape != (n, H * W):
+            raise ValueError(f"update_footprints: sparse A_init must be {(n, H * W)}, got "
+                             f"{A_init.shape}")
+    elif np.shape(A_init) != (n, H, W):
         raise ValueError(f"update_footprints: A_init must be {(n, H, W)}, got {np.shape(A_init)}")
     for name, arr in (("noise", noise), ("pixel_std", pixel_std), ("b", b)):
         if arr is not None and np.shape(arr) != (H, W):
@@ -435,22 +458,35 @@ def _results_csr(results: list[BoxFootprints], previous: sp.csr_matrix) -> sp.cs
                          shape=(n, npix), dtype=np.float32)
 
 
+def results_csr(results: list[BoxFootprints], n_units: int, shape: tuple[int, int]) -> sp.csr_matrix:
+    """(n_units, H*W) float32 CSR of every plan's new values (units no plan covers: empty
+    rows); where plans overlap, the later plan's values win, as successive dense assignments
+    ``out[r.units[:, None], r.pixels] = r.values`` would give."""
+    for r in results:
+        if r.units.size and (r.units.min() < 0 or r.units.max() >= n_units):
+            raise ValueError(f"results_csr: a result refers to units outside 0..{n_units - 1}")
+    return scatter_csr([r.units for r in results], [r.pixels for r in results],
+                       [r.values for r in results], (int(n_units), int(shape[0] * shape[1])))
+
+
 # ----------------------------------------------------------------------------- 7e smoothness
 
 
-def unit_windows(A: np.ndarray, pad: int) -> list[BoxPlan]:
+def unit_windows(A: np.ndarray | sp.spmatrix, pad: int,
+                 shape: tuple[int, int] | None = None) -> list[BoxPlan]:
     """One single-unit `BoxPlan` per unit: the bounding box of its support (``A > 0``) grown by
     ``pad`` px and clipped to the frame, every pixel of the box (an empty footprint gets an
-    empty plan). Streamed with the 7e statistics, they give each unit's covariance map."""
-    A = np.asarray(A)
-    if A.ndim != 3:
-        raise ValueError(f"unit_windows: A must be (unit, height, width), got {A.shape}")
+    empty plan). Streamed with the 7e statistics, they give each unit's covariance map.
+    ``A`` dense (n, H, W), or sparse (n, H*W) with ``shape`` = (H, W)."""
+    if not sp.issparse(A) and np.ndim(A) != 3:
+        raise ValueError(f"unit_windows: A must be (unit, height, width), got {np.shape(A)}")
     if int(pad) != pad or pad < 0:
         raise ValueError(f"unit_windows: pad must be an integer >= 0 (pixels), got {pad!r}")
-    n, H, W = A.shape
+    A, (H, W) = as_csr(A, shape, "unit_windows")
     out = []
-    for u in range(n):
-        ys, xs = np.nonzero(A[u] > 0)
+    for u in range(A.shape[0]):
+        lo, hi = A.indptr[u], A.indptr[u + 1]
+        ys, xs = np.divmod(A.indices[lo:hi][A.data[lo:hi] > 0], W)
         if ys.size == 0:
             out.append(BoxPlan((0, 0, 0, 0), np.array([u], np.int64), np.zeros(0, np.int64),
                                np.zeros((0, 1), bool)))
@@ -480,14 +516,22 @@ def covariance_maps(products: list[np.ndarray], windows: list[BoxPlan], pixel_me
     return out
 
 
-def smoothing_scores(A: np.ndarray, windows: list[BoxPlan], cov_maps: list[np.ndarray],
-                     sigmas: list[float]) -> np.ndarray:
+def smoothing_scores(A: np.ndarray | sp.spmatrix, windows: list[BoxPlan],
+                     cov_maps: list[np.ndarray], sigmas: list[float],
+                     shape: tuple[int, int] | None = None) -> np.ndarray:
     """(n_units, n_sigmas) Pearson correlation, over each unit's window, between its footprint
     smoothed with a Gaussian of each sigma (0: unsmoothed) and its covariance map (NaN for an
     empty footprint or a flat map). The footprint is smoothed on a crop padded by 4 sigma, so
-    the window sees the same values as a smoothing of the whole frame."""
-    A = np.asarray(A, np.float32)
-    n, H, W = A.shape
+    the window sees the same values as a smoothing of the whole frame. ``A`` dense (n, H, W),
+    or sparse (n, H*W) with ``shape`` = (H, W) (one unit is made dense at a time)."""
+    if sp.issparse(A):
+        A, shp = as_csr(A, shape, "smoothing_scores")
+        n = A.shape[0]
+        unit = lambda u: dense_unit(A, u, shp)  # noqa: E731
+    else:
+        A = np.asarray(A, np.float32)
+        n = A.shape[0]
+        unit = A.__getitem__
     if len(windows) != n or len(cov_maps) != n:
         raise ValueError(f"smoothing_scores: {len(windows)} windows and {len(cov_maps)} maps "
                          f"for {n} units")
@@ -495,10 +539,13 @@ def smoothing_scores(A: np.ndarray, windows: list[BoxPlan], cov_maps: list[np.nd
         raise ValueError(f"smoothing_scores: sigmas must be >= 0, got {list(sigmas)}")
     out = np.full((n, len(sigmas)), np.nan)
     for u, (w, cov) in enumerate(zip(windows, cov_maps)):
-        if w.pixels.size == 0 or not A[u].max() > 0:
+        if w.pixels.size == 0:
+            continue
+        a = unit(u)
+        if not a.max() > 0:
             continue
         for k, s in enumerate(sigmas):
-            out[u, k] = _pearson(_smoothed_window(A[u], w.box, float(s)).ravel(), cov.ravel())
+            out[u, k] = _pearson(_smoothed_window(a, w.box, float(s)).ravel(), cov.ravel())
     return out
 
 

@@ -46,11 +46,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import dask
 import numpy as np
+import scipy.sparse as sp
 import xarray as xr
 
 from .. import export as ex
-from ..cnmf.clusters import centroids
+from ..cnmf import sparse_footprints as sf
 from ..cnmf.spatial import BoxPlan, sufficient_statistics
 from ..curation import CURATION_FILE, CurationError, load_curation
 from ..figures import Figure, HistPanel, LinePanel, TextPanel
@@ -60,7 +62,8 @@ from ..registry import Preview, Step, StepError
 from ..store import library_versions, now_iso
 from . import sizes
 from .motion import rigid_part
-from .spatial import aligned_traces, check_frames, diameter, require_units, values
+from .spatial import (aligned_traces, check_frames, diameter, read_footprints, require_units,
+                      values)
 from .temporal import (SolverSettings, TemporalSolverParams, YrAParams, deconvolve_units,
                        frame_coords, yra_traces)
 
@@ -221,24 +224,26 @@ def _preview_temporal(outputs, inputs, params) -> Figure:
 # ----------------------------------------------------------------------------- 8c checks
 
 
-def footprint_correlation(movie: Any, A: np.ndarray, C: np.ndarray, *, compute=None,
-                          chunk_frames: int | None = None, pad: int = 2) -> np.ndarray:
+def footprint_correlation(movie: Any, A: np.ndarray | sp.spmatrix, C: np.ndarray, *,
+                          compute=None, chunk_frames: int | None = None, pad: int = 2,
+                          shape: tuple[int, int] | None = None) -> np.ndarray:
     """(n,) correlation between each footprint and the movie's covariance with its trace.
 
     Over the footprint's bounding box padded by ``pad`` px: ``cov_p = mean_t(Y_pt c_t) -
     mean_t(Y_pt) mean_t(c_t)``; the result is Pearson's r between ``a_p`` and ``cov_p``. NaN
-    for an empty footprint or a flat trace. One streamed pass over the movie.
+    for an empty footprint or a flat trace. One streamed pass over the movie. ``A`` dense
+    (n, H, W), or sparse (n, H*W) with ``shape`` = (H, W).
     """
-    A = np.asarray(A, np.float32)
+    A, (H, W) = sf.as_csr(A, shape, "footprint_correlation")
     C = np.asarray(C, np.float32)
-    n, H, W = A.shape
+    n = A.shape[0]
     plans, rows = [], []
     for u in range(n):
-        ys, xs = np.nonzero(A[u] > 0)
-        if ys.size == 0:
+        box = sf.support_box(A, u, W)
+        if box is None:
             continue
-        y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, H)
-        x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, W)
+        y0, y1 = max(box[0] - pad, 0), min(box[1] - 1 + pad + 1, H)
+        x0, x1 = max(box[2] - pad, 0), min(box[3] - 1 + pad + 1, W)
         yy, xx = np.mgrid[y0:y1, x0:x1]
         pixels = (yy * W + xx).ravel().astype(np.int64)
         plans.append(BoxPlan((y0, y1, x0, x1), np.array([u], np.int64), pixels,
@@ -253,7 +258,7 @@ def footprint_correlation(movie: Any, A: np.ndarray, C: np.ndarray, *, compute=N
     cmean = C.astype(np.float64).mean(axis=1)
     for u, plan, prod in zip(rows, plans, YC.products):
         cov = prod[:, 0] / YC.n_frames - mean[plan.pixels] * cmean[u]
-        a = A[u].ravel()[plan.pixels].astype(np.float64)
+        a = sf.dense_unit(A, u, (H, W)).ravel()[plan.pixels].astype(np.float64)
         out[u] = _pearson(a, cov)
     return out
 
@@ -379,21 +384,22 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
     require_units(ids.size, "A_refined", "8c")
     check_frames("8c", movie_cropped, ("C_final", C_final), ("S_final", S_final))
     source, A_out = exported_footprints(p.footprints, A_refined, A_refined_smoothed)
-    A = values(ctx, A_out, "reading footprints").astype(np.float32, copy=False)
+    # footprints as a sparse (unit, pixel) matrix: the only dense copy is the exported one
+    A, shape = read_footprints(ctx, A_out, "reading footprints")
     C = aligned_traces(ctx, C_final, ids, "C_final", "8c")
     S = aligned_traces(ctx, S_final, ids, "S_final", "8c")
     d = diameter(cell_size)
     min_size = sizes.area(p.min_size, d, 0.25, minimum=0)
-    y0, x0, full = _crop_geometry(crop, A.shape[1:])
+    y0, x0, full = _crop_geometry(crop, shape)
 
     # -- the three checks, for every unit
-    size_px = (A > 0).reshape(ids.size, -1).sum(axis=1)
+    size_px = sf.positive_counts(A)
     snr = unit_snr(C, ids, solver_report_final)
     corr = np.full(ids.size, np.nan)
     if p.min_correlation > -1:
         corr = footprint_correlation(
-            movie_cropped, A, C, compute=lambda *c: ctx.compute(*c, message="8c: footprint "
-                                                               "correlation"))
+            movie_cropped, A, C, shape=shape,
+            compute=lambda *c: ctx.compute(*c, message="8c: footprint correlation"))
     fails = final_checks(size_px, snr, corr, min_size=min_size, min_snr=p.min_snr,
                          min_correlation=p.min_correlation)
     keep = ~np.any(np.stack(list(fails.values())), axis=0)
@@ -403,7 +409,7 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
     exported_at = now_iso()
 
     # -- what is exported
-    cent = centroids(A) + np.array([y0, x0])
+    cent = sf.centroids_csr(A, shape) + np.array([y0, x0])
     frames = np.asarray(C_final.frame.values, np.int64)
     coords = frame_coords(C_final)
     table = {k: np.asarray(v.values) for k, v in coords.items() if k in ex.FRAME_COLUMNS}
@@ -469,8 +475,9 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
         "motion": "(dy, dx) shift that registered each kept frame, in pixels of the grid "
                   "above; the mean over patches when piecewise-rigid",
     }
-    A_full = _kept_in_frame(A, k, y0, x0, full)
-    del A  # dense (units, H, W): hold one copy while the writers run, not three
+    # the one dense (units, H, W) copy, straight from the CSR, while the writers run
+    A_full = sf.in_frame(A, k, shape, y0, x0, full)
+    del A
     data = ex.ExportData(
         A=A_full, C=C[k], S=S[k], unit_ids=ids[k],
         frames=frames, motion=motion, frame_table=table, units=units, metadata=metadata,
@@ -481,8 +488,12 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
                                      ("figures", p.figures)) if on}
     folder = ctx.output_dir / "export"
     ctx.progress(0.9, "writing the export files")
-    files = ex.write_formats(folder, data, formats, table_format=p.table_format,
-                             figure_units=p.figure_units, counts=counts)
+    # the writers run in this process, one chunk at a time: the zarr writer otherwise encodes
+    # several 64-unit footprint chunks at once (hundreds of MB on top of the dense A), or
+    # ships the in-memory A to a cluster's workers
+    with dask.config.set(scheduler="synchronous"):
+        files = ex.write_formats(folder, data, formats, table_format=p.table_format,
+                                 figure_units=p.figure_units, counts=counts)
     final_units = {
         "unit_id": ids.tolist(), "kept": keep.tolist(), "removed_by": removed_by,
         "curation": status, "exported": export_keep.tolist(),
@@ -496,19 +507,6 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
                 "thresholds": {"min_size_px": min_size, "min_snr": p.min_snr,
                                "min_correlation": p.min_correlation}}
     return {"final_units": final_units, "export_manifest": manifest}
-
-
-def _kept_in_frame(A: np.ndarray, rows: np.ndarray, y0: int, x0: int,
-                   full: tuple[int, int]) -> np.ndarray:
-    """``place_in_frame(A[rows], ...)`` without the intermediate copy: A itself when every
-    unit is kept and the crop is the whole frame, else filled a few units at a time."""
-    n, h, w = A.shape
-    if rows.size == n and (y0, x0) == (0, 0) and (h, w) == tuple(full):
-        return A
-    out = np.zeros((rows.size,) + tuple(int(v) for v in full), A.dtype)
-    for i in range(0, rows.size, 64):
-        out[i:i + 64] = ex.place_in_frame(A[rows[i:i + 64]], y0, x0, full)
-    return out
 
 
 def exported_footprints(choice: str, A_refined: xr.DataArray,

@@ -33,6 +33,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
+import dask
 import numpy as np
 import scipy.sparse as sp
 import xarray as xr
@@ -41,9 +42,10 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import norm
 
 from ..cnmf import clusters as cl
-from ..cnmf.spatial import (BoxFootprints, BoxProducts, covariance_maps, merge_boxes,
-                            plan_boxes, select_smoothing, smoothing_scores,
-                            sufficient_statistics, unit_windows, update_footprints)
+from ..cnmf import sparse_footprints as sf
+from ..cnmf.spatial import (BoxProducts, covariance_maps, plan_boxes, results_csr,
+                            select_smoothing, smoothing_scores, sufficient_statistics,
+                            unit_windows, update_footprints)
 from ..cnmf.yra import compute_yra
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..framewise import sample_indices
@@ -201,6 +203,30 @@ def footprints_array(A: np.ndarray, unit_ids: Any, name: str, attrs: dict | None
     return out.chunk({"unit_id": 64, "height": -1, "width": -1}) if n else out
 
 
+def read_footprints(ctx, arr: xr.DataArray, message: str) -> tuple[sp.csr_matrix, tuple[int, int]]:
+    """A stored (unit, height, width) stack as a (n, H*W) float32 CSR and its frame shape,
+    read one unit chunk at a time: the dense stack is never held whole (footprints are
+    sparse: a few MB instead of hundreds)."""
+    csr = sf.read_csr(arr, lambda *c: ctx.compute(*c, message=message))
+    return csr, (int(arr.shape[1]), int(arr.shape[2]))
+
+
+def lazy_footprints(csr: sp.csr_matrix, shape: tuple[int, int], unit_ids: Any, name: str,
+                    attrs: dict | None = None,
+                    unit_coords: dict | None = None) -> xr.DataArray:
+    """As `footprints_array`, from a CSR: the dense (unit, height, width) float32 blocks of 64
+    units are made only while the store writes them (same stored layout)."""
+    n = csr.shape[0]
+    H, W = shape
+    coords: dict[str, Any] = {"unit_id": np.asarray(unit_ids, np.int64).reshape(n),
+                              "height": np.arange(H), "width": np.arange(W)}
+    for key, v in (unit_coords or {}).items():
+        coords[key] = ("unit_id", np.asarray(v))
+    data = sf.lazy_dense(csr, (H, W), 64) if n else np.zeros((0, H, W), np.float32)
+    return xr.DataArray(data, dims=("unit_id", "height", "width"), coords=coords, name=name,
+                        attrs=dict(attrs or {}))
+
+
 def aligned_traces(ctx, C: xr.DataArray, unit_ids: np.ndarray, what: str, step: str) -> np.ndarray:
     """(n, T) float32 rows of ``C`` in the order of ``unit_ids``; StepError if any is missing."""
     have = np.asarray(C.unit_id.values, np.int64)
@@ -242,13 +268,29 @@ def _attrs_json(d: dict) -> str:
     return json.dumps(d, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
 
 
+def _slabs(A: Any):
+    """Dense slabs of (at most 64) units of a footprint stack, read one at a time (previews run
+    beside the next step: reading every chunk at once would add to its peak memory)."""
+    return sf.iter_slabs(A, lambda *c: dask.compute(*c, scheduler="sync"))
+
+
 def _max_image(A: xr.DataArray, units: int | None = None) -> np.ndarray:
     """Maximum projection over (at most ``units``) footprints, for previews."""
     if units is not None and A.sizes["unit_id"] > units:
         A = A.isel(unit_id=slice(0, units))
-    if A.sizes["unit_id"] == 0:
+    best = None
+    for slab in _slabs(A):
+        m = slab.max(axis=0)
+        best = m if best is None else np.maximum(best, m, out=best)
+    if best is None:
         return np.zeros((A.sizes["height"], A.sizes["width"]), np.float32)
-    return np.asarray(A.max("unit_id").values, np.float32)
+    return np.asarray(best, np.float32)
+
+
+def _areas(A: Any) -> np.ndarray:
+    """Pixels > 0 of every footprint, one slab at a time."""
+    return np.concatenate([(s > 0).reshape(s.shape[0], -1).sum(axis=1) for s in _slabs(A)]
+                          or [np.zeros(0, np.int64)])
 
 
 # ----------------------------------------------------------------------------- 7a
@@ -280,8 +322,7 @@ def _dilate_block(block: np.ndarray, window: int, threshold: float) -> np.ndarra
 def _preview_dilation(outputs, inputs, params) -> Figure:
     before, after = inputs["A_filtered"], outputs["A_dilated"]
     a, b = _max_image(before, 300), _max_image(after, 300)
-    area_a = np.asarray((before > 0).sum(("height", "width")).values)
-    area_b = np.asarray((after > 0).sum(("height", "width")).values)
+    area_a, area_b = _areas(before), _areas(after)
     return Figure("7a Dilation", [
         ImagePanel("footprints before (max)", a), ImagePanel("pixels the update may use",
                                                               (b > 0).astype(np.float32)),
@@ -300,11 +341,11 @@ def run_clustering(p: ClusteringParams, ctx, A_dilated: xr.DataArray, cell_size:
     d = diameter(cell_size)
     max_distance = sizes.length(p.max_distance, d, 1.5)
     min_area = int(round(sizes.area(p.min_area, d, 0.1, minimum=0)))
-    A = values(ctx, A_dilated, "reading footprints")
+    A, shape = read_footprints(ctx, A_dilated, "reading footprints")
     require_units(A.shape[0], "A_dilated", "7b")
     labels = cl.cluster_units(A, max_cluster_size=p.max_cluster_size,
                               overlap_threshold=p.overlap_threshold, max_distance=max_distance,
-                              min_area=min_area, min_intensity=p.min_intensity)
+                              min_area=min_area, min_intensity=p.min_intensity, shape=shape)
     counts = np.bincount(labels)
     return {"clusters": {
         "unit_id": np.asarray(A_dilated.unit_id.values, np.int64).tolist(),
@@ -333,13 +374,23 @@ def cluster_labels(clusters: dict, unit_ids: np.ndarray, step: str) -> np.ndarra
     return labels[[order[int(u)] for u in unit_ids]]
 
 
-def _cluster_image(A: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per pixel, 1 + the cluster of the unit with the largest footprint value (0: none)."""
-    if A.shape[0] == 0:
+def _cluster_image(A: Any, labels: np.ndarray) -> np.ndarray:
+    """Per pixel, 1 + the cluster of the unit with the largest footprint value (0: none; ties:
+    the first such unit). ``A`` a (unit, height, width) stack, read one slab at a time."""
+    best = arg = None
+    start = 0
+    for slab in _slabs(A):
+        m, a = slab.max(axis=0), slab.argmax(axis=0) + start
+        if best is None:
+            best, arg = m, a
+        else:
+            better = m > best  # strictly: an earlier unit keeps a tie, as argmax does
+            best, arg = np.where(better, m, best), np.where(better, a, arg)
+        start += slab.shape[0]
+    if best is None:
         return np.zeros(A.shape[1:], np.float32)
-    best = A.argmax(axis=0)
-    img = (labels[best] % 20 + 1).astype(np.float32)  # 20 colours cycle
-    return np.where(A.max(axis=0) > 0, img, 0)
+    img = (labels[arg] % 20 + 1).astype(np.float32)  # 20 colours cycle
+    return np.where(best > 0, img, 0)
 
 
 def _preview_clusters(outputs, inputs, params) -> Figure:
@@ -347,7 +398,7 @@ def _preview_clusters(outputs, inputs, params) -> Figure:
     A = inputs["A_dilated"]
     labels = cluster_labels(c, np.asarray(A.unit_id.values, np.int64), "7b")
     counts = np.bincount(labels)
-    img = _cluster_image(np.asarray(A.values), labels)
+    img = _cluster_image(A, labels)
     r = c["resolved"]
     return Figure("7b Clustering", [
         ImagePanel("clusters (colour = cluster)", img, cmap="tab20"),
@@ -369,14 +420,14 @@ def run_bounds(p: BoundsParams, ctx, clusters: dict, A_dilated: xr.DataArray,
     radius = int(round(sizes.length(p.dilation_radius, d, 1.0, minimum=0)))
     padding = int(round(sizes.length(p.padding, d, 2.0, minimum=0)))
     min_size = int(round(sizes.length(p.min_size, d, 4.0)))
-    A = values(ctx, A_dilated, "reading footprints")
+    A, (H, W) = read_footprints(ctx, A_dilated, "reading footprints")
     require_units(A.shape[0], "A_dilated", "7c")
     ids = np.asarray(A_dilated.unit_id.values, np.int64)
     labels = cluster_labels(clusters, ids, "7c")
     boxes = cl.cluster_boxes(A, labels, dilation_radius=radius, padding=padding,
-                             min_size=min_size, intensity_threshold=p.intensity_threshold)
+                             min_size=min_size, intensity_threshold=p.intensity_threshold,
+                             shape=(H, W))
     y0, y1, x0, x1 = (np.array([b[i] for b in boxes], np.int64) for i in range(4))
-    H, W = A.shape[1:]
     covered = np.zeros((H, W), bool)
     for b in boxes:
         covered[b[0]:b[1], b[2]:b[3]] = True
@@ -453,7 +504,7 @@ def run_suggestions(p: SpatialSuggestionParams, ctx, A_filtered: xr.DataArray,
         compute=lambda *c: ctx.compute(*c, message="7d: pixel std on a frame sample"))
     std = stats.pixel_std.astype(np.float64)
     sn = values(ctx, noise, "reading the noise map").astype(np.float64)
-    A = values(ctx, A_filtered, "reading footprints")
+    A, _ = read_footprints(ctx, A_filtered, "reading footprints")
     require_units(A.shape[0], "A_filtered", "7d")
     if sn.shape != std.shape:
         raise StepError(f"step 7d: the noise map is {sn.shape} but the movie's frames "
@@ -465,7 +516,7 @@ def run_suggestions(p: SpatialSuggestionParams, ctx, A_filtered: xr.DataArray,
     return {"spatial_suggestions": out}
 
 
-def suggest_spatial(std: np.ndarray, sn: np.ndarray, A: np.ndarray, C: np.ndarray,
+def suggest_spatial(std: np.ndarray, sn: np.ndarray, A: np.ndarray | sp.spmatrix, C: np.ndarray,
                     preference: str, with_min_std: bool = True,
                     with_penalties: bool = True) -> dict:
     """Suggested 7e values with reasons, from pixel std, noise map, footprints and traces.
@@ -492,9 +543,12 @@ def suggest_spatial(std: np.ndarray, sn: np.ndarray, A: np.ndarray, C: np.ndarra
     min_std = _round3(frac * m)
     live = std >= min_std
     dead = int((~live).sum())
-    # a footprint's pixels as 7a counts them (above 10 % of its peak; tails left out)
-    flat = A.reshape(A.shape[0], -1)
-    areas = (flat > 0.1 * flat.max(axis=1, keepdims=True)).sum(axis=1)
+    # a footprint's pixels as 7a counts them (above 10 % of its peak; tails left out);
+    # A dense (n, H, W) or a sparse (n, H*W) matrix: only its non-zero values matter
+    A = sp.csr_matrix(A if sp.issparse(A) else np.asarray(A).reshape(A.shape[0], -1))
+    peaks = sf.row_max(A)
+    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+    areas = np.bincount(rows[A.data > (0.1 * peaks)[rows]], minlength=A.shape[0])
     area = float(np.median(areas))
     candidates = max(_DILATED_AREA_FACTOR * area, 2.0)
     k = _FALSE_PIXELS[preference]
@@ -506,7 +560,6 @@ def suggest_spatial(std: np.ndarray, sn: np.ndarray, A: np.ndarray, C: np.ndarra
     max_pen = max(_round3(z * q_hi / m), min_pen)
     # what z means for a typical unit: the faintest footprint value kept, relative to its peak
     norms = np.linalg.norm(np.asarray(C, np.float64), axis=1)
-    peaks = A.reshape(A.shape[0], -1).max(axis=1)
     ok = (norms > 0) & (peaks > 0)
     faint = float(np.median(z * m / norms[ok] / peaks[ok])) if ok.any() else float("nan")
     vals: dict[str, float] = {}
@@ -603,8 +656,9 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
     ids = np.asarray(A_dilated.unit_id.values, np.int64)
     require_units(ids.size, "A_dilated", "7e")
     check_frames("7e", movie_cropped, ("C_filtered", C_filtered), ("f_init", f_init))
-    A = values(ctx, A_dilated, "reading footprints").astype(np.float32, copy=False)
-    H, W = A.shape[1:]
+    # footprints as a sparse (unit, pixel) matrix throughout: one dense copy is 640 MB at
+    # ~435 units on 608 x 608 px, the CSR a few MB
+    A, (H, W) = read_footprints(ctx, A_dilated, "reading footprints")
     if (movie_cropped.sizes["height"], movie_cropped.sizes["width"]) != (H, W):
         raise StepError(f"step 7e: footprints are {H}x{W} but movie_cropped is "
                         f"{movie_cropped.sizes['height']}x{movie_cropped.sizes['width']}; rerun "
@@ -619,12 +673,13 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
         if arr.shape != (H, W):
             raise StepError(f"step 7e: {what} is {arr.shape} but the footprints {H}x{W}")
     try:
-        plans = plan_boxes(A, labels, boxes)
+        plans = plan_boxes(A, labels, boxes, shape=(H, W))
     except ValueError as e:
         raise StepError(f"step 7e: {e}; rerun 7c") from None
     d = diameter(cell_size)
     # one window per unit, streamed in the same pass: its covariance map with the data
-    windows = unit_windows(A, int(round(_WINDOW_PAD_D * d))) if p.measure_smoothness else []
+    windows = (unit_windows(A, int(round(_WINDOW_PAD_D * d)), shape=(H, W))
+               if p.measure_smoothness else [])
     t0 = time.perf_counter()
     YC, CC = sufficient_statistics(
         movie_cropped, C, f=f, plans=plans + windows, chunk_frames=p.chunk_frames or None,
@@ -643,13 +698,11 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
         penalty_scale=used["penalty_scale"], min_penalty=used["min_penalty"],
         max_penalty=used["max_penalty"], min_std=used["min_std"], on_plan=on_plan)
     t_solve = time.perf_counter() - t0
-    out = np.zeros((ids.size, H * W), np.float32)
-    for r in results:
-        out[r.units[:, None], r.pixels[None, :]] = r.values
-    empty = ids[out.max(axis=1) <= 0]
+    out = results_csr(results, ids.size, (H, W))
+    empty = ids[sf.row_max(out) <= 0]
     bg = [r.background for r in results if r.background is not None and r.background.size]
-    smooth = (_measure_smoothness(out.reshape(ids.size, H, W), windows, window_products, YC, C,
-                                  d, ctx) if p.measure_smoothness else None)
+    smooth = (_measure_smoothness(out, (H, W), windows, window_products, YC, C, d, ctx)
+              if p.measure_smoothness else None)
     report = {
         **{k: used[k] for k in _UPDATE_KEYS}, "source": used["source"],
         "background": "re-estimated in the boxes (b x f_init)",
@@ -663,8 +716,8 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
     }
     if empty.size:
         ctx.warn(f"{empty.size} units have an empty footprint after the update (dropped by 7f)")
-    return {"A_updated": footprints_array(
-        out.reshape(ids.size, H, W), ids, "A_updated", {"report": _attrs_json(report)},
+    return {"A_updated": lazy_footprints(
+        out, (H, W), ids, "A_updated", {"report": _attrs_json(report)},
         unit_coords={"cluster": labels})}
 
 
@@ -674,8 +727,8 @@ def _split_windows(YC: BoxProducts, n_plans: int) -> tuple[BoxProducts, list[np.
     return replace(YC, plans=YC.plans[:n_plans], products=YC.products[:n_plans]), windows
 
 
-def _measure_smoothness(A: np.ndarray, windows: list, products: list, YC: BoxProducts,
-                        C: np.ndarray, d: float, ctx) -> dict:
+def _measure_smoothness(A: sp.csr_matrix, shape: tuple[int, int], windows: list,
+                        products: list, YC: BoxProducts, C: np.ndarray, d: float, ctx) -> dict:
     """The smoothing scale that makes the updated footprints agree best with the data.
 
     The per-pixel update leaves footprints noisy and cut where their support or a
@@ -688,7 +741,7 @@ def _measure_smoothness(A: np.ndarray, windows: list, products: list, YC: BoxPro
     ctx.progress(1.0, "7e: measuring the footprints' smoothness")
     sigmas = [round(f * d, 2) for f in _SMOOTHING_D]
     maps = covariance_maps(products, windows, YC.pixel_mean, C, YC.n_frames)
-    scores = smoothing_scores(A, windows, maps, sigmas)
+    scores = smoothing_scores(A, windows, maps, sigmas, shape=shape)
     sigma, medians, n_used = select_smoothing(scores, sigmas)
     return {"sigma_px": sigma, "sigma_diameters": round(sigma / d, 3) if d > 0 else None,
             "candidates_px": sigmas,
@@ -732,8 +785,7 @@ def _preview_update(outputs, inputs, params) -> Figure:
                       f"time: statistics {r.get('seconds_statistics')} s, "
                       f"solve {r.get('seconds_solve')} s",
                       _smoothness_text(r.get("smoothness"))])
-    area_old = np.asarray((old > 0).sum(("height", "width")).values)
-    area_new = np.asarray((new > 0).sum(("height", "width")).values)
+    area_old, area_new = _areas(old), _areas(new)
     return Figure("7e Spatial update", [
         ImagePanel("before (dilated, max)", _max_image(old)),
         ImagePanel("after update (max)", _max_image(new)),
@@ -753,13 +805,14 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
     sigma, sigma_rule = smoothing_sigma(p, _report(A_updated), d)
     ids = np.asarray(A_updated.unit_id.values, np.int64)
     require_units(ids.size, "A_updated", "7f")
-    A = values(ctx, A_updated, "reading footprints").astype(np.float32, copy=False)
+    # footprints as a sparse (unit, pixel) matrix: no dense (units, H, W) copy is ever made
+    A, (H, W) = read_footprints(ctx, A_updated, "reading footprints")
     C = aligned_traces(ctx, C_filtered, ids, "C_filtered", "7f")
-    n, H, W = A.shape
-    nonempty = A.reshape(n, -1).max(axis=1) > 0
+    n = A.shape[0]
+    nonempty = sf.row_max(A) > 0
     dropped_empty = ids[~nonempty].tolist()
     rows = np.flatnonzero(nonempty)
-    if rows.size < n:  # a copy of A only when units must go (dense A is units x pixels)
+    if rows.size < n:
         A, C = A[rows], C[rows]
     groups = find_duplicates(A, C, p.duplicate_overlap, p.duplicate_correlation)
     A_m, C_m, keep_rows, merged = merge_duplicates(A, C, groups)
@@ -768,17 +821,13 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
     if kept_ids.size == 0:
         raise StepError("step 7f: every footprint is empty after the spatial update; lower "
                         "7e's penalty_scale or min_std")
-    labels = (np.asarray(A_updated["cluster"].values, np.int64)[rows][keep_rows]
-              if "cluster" in A_updated.coords else np.arange(kept_ids.size))
     smooth = p.smoothing or p.keep_both_versions
-    boxes = _box_results(A_m, labels)
-    del A_m  # the boxes hold what is needed: one dense (units, H, W) copy less at the peak
-    res = merge_boxes(boxes, (H, W), kept_ids.size, sigma=sigma if smooth and sigma > 0 else None)
-    del boxes
-    if smooth and res.smoothed is None:  # a measured scale of 0: the smoothed copy is the raw
-        res = replace(res, smoothed=res.raw.copy())
-    # every unit is non-empty here, so merge_boxes keeps all of them, in order
-    raw, smoothed = res.raw, res.smoothed
+    # 7e solved every unit in exactly one cluster box and stored one footprint per unit, so
+    # the assembled raw footprints are the (merged) rows themselves, all non-empty
+    raw = A_m
+    smoothed = None
+    if smooth:  # a measured scale of 0: the smoothed copy is the raw
+        smoothed = sf.smooth_csr(raw, (H, W), sigma) if sigma > 0 else raw.copy()
     final = smoothed if p.smoothing else raw
     C_out = C_m
     groups_report = [{"kept": int(ids[rows][g[0]]), "absorbed": ids[rows][g[1:]].tolist()}
@@ -797,13 +846,13 @@ def run_merge(p: MergeValidateParams, ctx, A_updated: xr.DataArray, C_filtered: 
               "note": "each unit is solved in exactly one cluster box (7b partitions the units), "
                       "so no pixel is claimed by several boxes"}
     attrs = {"report": _attrs_json(report)}
-    empty_smoothed = np.zeros((0, H, W), np.float32)
+    empty_smoothed = sp.csr_matrix((0, H * W), dtype=np.float32)
     return {
-        "A_refined": footprints_array(final, kept_ids, "A_refined",
-                                      {**attrs, "smoothed": int(p.smoothing)}),
+        "A_refined": lazy_footprints(final, (H, W), kept_ids, "A_refined",
+                                     {**attrs, "smoothed": int(p.smoothing)}),
         # smoothing off: the smoothed copy to compare with; on: the same as A_refined
-        "A_refined_smoothed": footprints_array(
-            smoothed if smooth else empty_smoothed, kept_ids if smooth else [],
+        "A_refined_smoothed": lazy_footprints(
+            smoothed if smooth else empty_smoothed, (H, W), kept_ids if smooth else [],
             "A_refined_smoothed", {**attrs, "kept": int(smooth)}),
         "C_refined": traces_array(C_out, kept_ids, frame_coords(C_filtered),
                                   "C_refined").assign_attrs(attrs),
@@ -821,21 +870,24 @@ def smoothing_sigma(p: MergeValidateParams, update_report: dict, d: float) -> tu
     return max(0.1 * d, 0.5), "0.1 x cell diameter (7e did not measure the smoothness)"
 
 
-def find_duplicates(A: np.ndarray, C: np.ndarray, overlap: float,
+def find_duplicates(A: np.ndarray | sp.spmatrix, C: np.ndarray, overlap: float,
                     correlation: float) -> list[np.ndarray]:
     """Groups (row indices, sorted, size >= 2) of duplicate units.
 
     Two units are duplicates when the pixels above 10 % of their peak (a footprint's pixels,
     ignoring the faint tails the LASSO leaves) share more than ``overlap`` of the smaller
     set AND their traces correlate above ``correlation``. Groups are connected components of
-    that relation.
+    that relation. ``A`` dense (n, H, W) or sparse (n, H*W).
     """
     n = A.shape[0]
     if n < 2:
         return []
-    flat = A.reshape(n, -1)
-    peaks = flat.max(axis=1, keepdims=True)
-    S = sp.csr_matrix(flat > 0.1 * peaks, dtype=np.float32)  # no dense float copy
+    A = sp.csr_matrix(A if sp.issparse(A) else np.asarray(A).reshape(n, -1))
+    peaks = sf.row_max(A)
+    rows = np.repeat(np.arange(n), np.diff(A.indptr))
+    above = A.data > (0.1 * peaks)[rows]
+    S = sp.csr_matrix((np.ones(int(above.sum()), np.float32),
+                       (rows[above], A.indices[above])), shape=A.shape)
     area = np.asarray(S.sum(axis=1)).ravel()
     inter = sp.triu(S @ S.T, k=1).tocoo()
     i, j, shared = inter.row, inter.col, inter.data
@@ -861,46 +913,45 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(x @ y / den) if den > 0 else 0.0
 
 
-def merge_duplicates(A: np.ndarray, C: np.ndarray, groups: list[np.ndarray]):
+def merge_duplicates(A: np.ndarray | sp.spmatrix, C: np.ndarray, groups: list[np.ndarray]):
     """Merge each group into its first (smallest-id) unit.
 
     The merged footprint is ``sum_i a_i ||c_i|| / ||c_first||``: with proportional traces the
     merged unit times the first trace reproduces the sum of the group's contributions. Returns
-    (footprints, traces, kept row indices, the groups actually merged). Traces of merged units
+    (footprints, traces, kept row indices, the groups actually merged); the footprints are
+    dense (m, H, W) for dense ``A``, a CSR (m, H*W) for sparse ``A``. Traces of merged units
     are placeholders here (the first unit's); the caller recomputes them from the movie.
     """
     if not groups:
         return A, C, np.arange(A.shape[0]), []
-    A = A.copy()
-    keep = np.ones(A.shape[0], bool)
+    dense_shape = None if sp.issparse(A) else np.shape(A)
+    n = A.shape[0]
+    Acsr = sp.csr_matrix(A if dense_shape is None else np.asarray(A).reshape(n, -1))
+    keep = np.ones(n, bool)
     norms = np.linalg.norm(np.asarray(C, np.float64), axis=1)
+    # one sparse weight matrix: kept units map to themselves (weight 1, exact), each group's
+    # first unit to the norm-weighted sum of the group
+    wr, wc, wv = [np.arange(n)], [np.arange(n)], [np.ones(n)]
     for g in groups:
         first = g[0]
         w = norms[g] / norms[first] if norms[first] > 0 else np.ones(g.size)
-        A[first] = np.tensordot(w, A[g].astype(np.float64), axes=1).astype(np.float32)
+        wv[0][first] = 0.0  # replaced by the group's weights (which include the first)
+        wr.append(np.full(g.size, first))
+        wc.append(np.asarray(g))
+        wv.append(w)
         keep[g[1:]] = False
+    M = sp.csr_matrix((np.concatenate(wv), (np.concatenate(wr), np.concatenate(wc))),
+                      shape=(n, n))
     rows = np.flatnonzero(keep)
-    return A[rows], C[rows], rows, list(groups)
+    out = (M[rows] @ Acsr.astype(np.float64)).astype(np.float32).tocsr()
+    out.eliminate_zeros()
+    out.sort_indices()
+    if dense_shape is not None:
+        out = out.toarray().reshape((rows.size,) + tuple(dense_shape[1:]))
+    return out, C[rows], rows, list(groups)
 
 
-def _box_results(A: np.ndarray, labels: np.ndarray) -> list[BoxFootprints]:
-    """One `BoxFootprints` per cluster: its units' values on the pixels any of them uses."""
-    n, H, W = A.shape
-    flat = A.reshape(n, -1)
-    out = []
-    for k in np.unique(labels):
-        units = np.flatnonzero(labels == k)
-        pixels = np.flatnonzero((flat[units] > 0).any(axis=0))
-        if pixels.size == 0:
-            continue
-        ys, xs = np.divmod(pixels, W)
-        box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
-        out.append(BoxFootprints(box, units.astype(np.int64), pixels.astype(np.int64),
-                                 flat[units][:, pixels], None))
-    return out
-
-
-def _recompute_merged(ctx, A: np.ndarray, C: np.ndarray, merged_rows: list[int],
+def _recompute_merged(ctx, A: sp.csr_matrix, C: np.ndarray, merged_rows: list[int],
                       movie: xr.DataArray, b_init: xr.DataArray,
                       f_init: xr.DataArray) -> np.ndarray:
     """Traces of the merged units recomputed from the movie (their YrA under the new footprint).
@@ -912,11 +963,11 @@ def _recompute_merged(ctx, A: np.ndarray, C: np.ndarray, merged_rows: list[int],
     if movie.sizes["frame"] != C.shape[1]:
         raise StepError(f"step 7f: C_filtered has {C.shape[1]} frames but movie_cropped "
                         f"{movie.sizes['frame']}; rerun the steps after 3a")
-    n = A.shape[0]
-    S = sp.csr_matrix((A.reshape(n, -1) > 0).astype(np.float32))
+    A = sp.csr_matrix(A)  # (n, H*W) footprints
+    S = (A > 0).astype(np.float32)
     touch = np.asarray((S @ S[merged_rows].T).sum(axis=1)).ravel() > 0
     sub = np.flatnonzero(touch)
-    Asub = sp.csr_matrix(A.reshape(n, -1)[sub])
+    Asub = A[sub]
     b = values(ctx, b_init, "reading the background").astype(np.float32, copy=False)
     f = values(ctx, f_init, "reading the background trace").astype(np.float32, copy=False)
     yra = compute_yra(movie, Asub, C[sub], b=b, f=f,
