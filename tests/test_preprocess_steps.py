@@ -97,6 +97,26 @@ def test_corrected_movie_is_float32_and_finite(done_session):
     assert v["nan"] == 0 and v["inf"] == 0 and v["shape"][0] == movie.sizes["frame"]
 
 
+def test_rank_filtered_movie_keeps_the_recordings_8_bits(done_session):
+    """2b's defaults (top-hat, median) keep 8-bit frames integer-valued: the stored movie is
+    uint8 and holds exactly the float filters' values; other filters give float32."""
+    from mps_core.framewise import kept_frames
+    from mps_core.preprocess import filters
+    from mps_core.steps.filtering import _filter_kwargs, integer_output_dtype
+
+    rec, ps, store = done_session
+    stored = store.load("2b", "movie_filtered")
+    assert stored.dtype == np.uint8
+    raw = kept_frames(store.load("2a", "movie_raw"), store.load("2a", "frame_index"))
+    p = ps["2b"]
+    want = filters.preprocess_frames(raw.values[:20].astype(np.float32), **_filter_kwargs(p))
+    np.testing.assert_array_equal(stored.values[:20], want)
+    for changed in ({"denoise_method": "gaussian"}, {"background_method": "uniform"}):
+        assert integer_output_dtype(p.model_copy(update=changed), np.uint8) is None
+    assert integer_output_dtype(p, np.uint16) == np.uint16
+    assert integer_output_dtype(p, np.float32) is None
+
+
 def test_whole_pipeline_then_rerun_of_2b_marks_2c_to_8c_stale(tmp_path):
     rec_dir = tmp_path / "rec"
     _recording(rec_dir, n_frames=150, corrupt=[])

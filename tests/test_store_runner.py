@@ -282,6 +282,28 @@ def test_round_mantissa_keeps_eleven_significant_bits():
     assert np.array_equal(round_mantissa(special), special, equal_nan=True)
 
 
+def test_round_mantissa_rounds_half_to_even_like_the_integer_formula():
+    """The compiled kernel against the rounding written out in numpy: every bit equal, over
+    the whole float32 range, strided input, and NaN payloads that must not turn into
+    infinities (a carry would)."""
+    from mps_core.store import round_mantissa
+
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2**32, (6, 40, 30), dtype=np.uint64).astype(np.uint32)
+    bits.flat[:3] = [0x7F800001, 0xFFFFFFFF, 0x7F800000]  # NaN, NaN, +inf
+    x = bits.view(np.float32)[:, ::2, 1::3]
+    for keep in (10, 2, 22):
+        drop = 23 - keep
+        b = np.ascontiguousarray(x).view(np.uint32)
+        want = (b + np.uint32((1 << (drop - 1)) - 1) + ((b >> np.uint32(drop)) & np.uint32(1))) \
+            & np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
+        want = np.where(np.isfinite(np.ascontiguousarray(x)), want, b)
+        got = round_mantissa(x, keep)
+        assert got.shape == x.shape and np.array_equal(got.view(np.uint32), want)
+    with pytest.raises(ValueError, match="keepbits"):
+        round_mantissa(x, 23)
+
+
 def test_movies_are_sharded_in_tiles_and_read_back_in_whole_frame_chunks(tmp_path):
     import zarr
 

@@ -68,14 +68,39 @@ def _filter_kwargs(p: FilterParams) -> dict:
                 order=p.order)
 
 
+def integer_output_dtype(p: FilterParams, dtype) -> np.dtype | None:
+    """The input's dtype when the chain keeps 8/16-bit frames integer-valued within its
+    range, else None (float32 output). Rank filters (top-hat, median) pick values of their
+    input, the top-hat's result and frame - glow (the minimum over these frames) are >= 0.
+    Such a movie stored in 8 bits instead of 32 is written 4x smaller and read 4x faster
+    by 2c, 2e and 2f, with the same values."""
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        return None
+    if p.denoise_method not in ("median", "none") or p.background_method not in ("tophat", "none"):
+        return None
+    return dt
+
+
+def _filter_block(block: np.ndarray, dtype: np.dtype | None, **kw) -> np.ndarray:
+    out = filters.preprocess_frames(block, **kw)
+    if dtype is None:
+        return out
+    cast = out.astype(dtype)
+    if not np.array_equal(cast, out):  # a guard: the reasoning above says it cannot happen
+        raise RuntimeError(f"2b: the filtered frames are not {dtype} values; please report this")
+    return cast
+
+
 def filter_movie(p: FilterParams, ctx, movie_raw: xr.DataArray, frame_index: xr.Dataset) -> dict:
     movie = kept_frames(movie_raw, frame_index)
     glow = None
     if p.glow_removal:
         (glow,) = ctx.compute(movie.data.min(axis=0), message="glow (minimum over time)")
         glow = np.asarray(glow, np.float32)
-    func = partial(filters.preprocess_frames, glow=glow, **_filter_kwargs(p))
-    data = movie.data.map_blocks(func, dtype=np.float32)
+    dtype = integer_output_dtype(p, movie.dtype)
+    func = partial(_filter_block, dtype=dtype, glow=glow, **_filter_kwargs(p))
+    data = movie.data.map_blocks(func, dtype=dtype or np.float32)
     out = movie.copy(data=data)
     out.name = "movie_filtered"
     out.attrs["glow_removed"] = bool(p.glow_removal)
