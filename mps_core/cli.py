@@ -26,10 +26,23 @@ _NOTIFY_HELP = ("when the work ends (done or failed), notify through the saved s
                 "command and/or e-mail (see `mps notify-test`)")
 
 
+def _crash_tracebacks() -> None:
+    """On a fatal crash in native code (segfault, abort), print every thread's Python stack
+    to stderr: the only clue such a crash leaves in a batch log."""
+    import faulthandler
+
+    if not faulthandler.is_enabled() and sys.stderr is not None:
+        try:
+            faulthandler.enable()
+        except (AttributeError, ValueError, OSError):  # stderr without a file descriptor
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from .memwatch import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread exists
+    _crash_tracebacks()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

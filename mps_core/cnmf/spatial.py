@@ -50,6 +50,7 @@ the objective is ``0.5 a^T CC a - a^T (YC_p - ...) + lam . a`` (constant dropped
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -69,6 +70,11 @@ __all__ = ["BoxPlan", "BoxProducts", "BoxFootprints", "MergedFootprints", "plan_
 Box = tuple[int, int, int, int]
 Compute = Callable[..., tuple]
 _SUB_FRAMES = 32  # frames per small GEMM in _chunk_products
+# One of these skinny float32 GEMMs at a time per process: numpy's OpenBLAS (0.3.31, SkylakeX
+# kernels) corrupted the heap when two dask threads ran them at once ("malloc(): invalid size",
+# about one 7e run in three on a 608 x 608 recording, and results that differed run to run).
+# With the lock: none in repeated runs; 7e's statistics pass takes ~5 % longer.
+_GEMM_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,9 @@ def _chunk_products(block: np.ndarray, shared, t0: int) -> np.ndarray:
         # faster than its multi-threaded path here (thread start-up per call, and dask's
         # threads already use the cores)
         for s in range(0, t, _SUB_FRAMES):
-            prod += crop[s:s + _SUB_FRAMES].T @ cc[s:s + _SUB_FRAMES]
+            with _GEMM_LOCK:
+                part = crop[s:s + _SUB_FRAMES].T @ cc[s:s + _SUB_FRAMES]
+            prod += part
         out.append((prod if local is None else prod[local]).ravel())
     out += _pixel_sums(block.reshape(t, -1))
     return np.concatenate(out)
