@@ -121,8 +121,10 @@ def load(p: LoadParams, ctx, config: dict) -> dict:
     first = readers[0]
     chunk = p.chunk_frames or ctx.chunk_frames(first.height * first.width * 4, copies=6)
     # videos are decoded in longer blocks than the chunks: each read of a video seeks,
-    # and a seek decodes 16 frames again (see lazy_movie); two blocks per worker in memory
-    read = ctx.chunk_frames(first.height * first.width * first.dtype.itemsize, copies=2)
+    # and a seek decodes 16 frames again (see lazy_movie); blocks of up to 128 MB (twice a
+    # chunk's cap: 362 frames of 608 x 608, so seeking is ~5 % of the decoding instead of
+    # 10 %) while an eighth of the memory limit holds a pair of them per worker
+    read = 2 * ctx.chunk_frames(first.height * first.width * first.dtype.itemsize, copies=8)
     movie = lazy_movie(readers, chunk, read_frames=read if read > chunk else None)
     n_total = movie.shape[0]
 
