@@ -37,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import xarray as xr
 
+from .cnmf.sparse_footprints import read_csr
 from .registry import Cancelled
 from .store import released_message
 
@@ -230,10 +231,7 @@ def _background_weights(store, src: ModelSource, ids: np.ndarray) -> np.ndarray 
 
 def footprints_csr(A: xr.DataArray, unit_block: int = 64) -> sp.csr_matrix:
     """(n, h*w) float32 CSR of lazy footprints, read a block of units at a time."""
-    n, h, w = A.shape
-    parts = [sp.csr_matrix(np.asarray(A.data[s:s + unit_block], np.float32).reshape(-1, h * w))
-             for s in range(0, n, unit_block)]
-    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, h * w), dtype=np.float32)
+    return read_csr(A.data, chunk=unit_block)
 
 
 def _model_frames(coef: np.ndarray, M: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:

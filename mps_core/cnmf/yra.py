@@ -25,6 +25,8 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
+from .sparse_footprints import as_csr
+
 __all__ = ["compute_yra", "frame_chunked", "footprints_csr", "unit_crops"]
 
 Compute = Callable[..., tuple]
@@ -61,25 +63,7 @@ def footprints_csr(A: np.ndarray | sp.spmatrix, shape: tuple[int, int],
     A scipy sparse (n, H*W) matrix is accepted as well (no dense copy of all footprints is
     then ever made, which matters for many units on large frames).
     """
-    if sp.issparse(A):
-        if A.ndim != 2 or A.shape[1] != shape[0] * shape[1]:
-            raise ValueError(f"{where}: sparse A must be (unit, height*width) with height*width "
-                             f"= {shape[0] * shape[1]}, got shape {A.shape}")
-        out = sp.csr_matrix(A, dtype=np.float32, copy=True)  # sorted and pruned below
-        if not np.all(np.isfinite(out.data)):
-            raise ValueError(f"{where}: A holds NaN or Inf values")
-        out.eliminate_zeros()
-        out.sort_indices()
-        return out
-    A = np.asarray(A)
-    if A.ndim != 3 or A.shape[1:] != tuple(shape):
-        raise ValueError(f"{where}: A must be (unit, height, width) with frame shape {tuple(shape)}, "
-                         f"got shape {A.shape}")
-    if not np.all(np.isfinite(A)):
-        raise ValueError(f"{where}: A holds NaN or Inf values")
-    out = sp.csr_matrix(A.reshape(A.shape[0], -1).astype(np.float32, copy=False))
-    out.sort_indices()
-    return out
+    return as_csr(A, shape, where)[0]
 
 
 def compute_yra(Y: Any, A: np.ndarray | sp.spmatrix, C: np.ndarray, *,
