@@ -164,6 +164,31 @@ def test_estimate_shifts_numpy_uint8_and_hooks():
     assert np.sqrt(np.mean(offset_free_error(est, true) ** 2)) <= 0.1
 
 
+def test_uint8_frames_give_the_same_shifts_as_their_float_copy():
+    # 8-bit frames are converted inside the registration, a group at a time.
+    frames, _ = make_movie(64, size=64, seed=6)
+    lo, hi = frames.min(), frames.max()
+    u8 = np.round((frames - lo) / (hi - lo) * 255).astype(np.uint8)
+    a = estimate_shifts(da.from_array(u8, chunks=(32, -1, -1)), group_size=16, max_shift=10)
+    b = estimate_shifts(da.from_array(u8.astype(np.float32), chunks=(32, -1, -1)), group_size=16,
+                        max_shift=10)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_bin_is_the_block_mean(dtype, factor):
+    from mps_core.motion.estimate import _bin
+
+    rng = np.random.default_rng(factor)
+    x = (rng.uniform(0, 255, (3, 31, 20))).astype(dtype)
+    h, w = 31 // factor * factor, 20 // factor * factor
+    ref = x[:, :h, :w].astype(np.float64).reshape(3, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    out = _bin(x, factor)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-4)
+
+
 def test_estimate_shifts_clips_to_max_shift():
     canvas = make_scene(150, 150, seed=5)
     rng = np.random.default_rng(5)

@@ -180,12 +180,13 @@ def _overlap(table: np.ndarray, lag: np.ndarray) -> np.ndarray:
 
 def spectra(images: np.ndarray, plan: Plan, workers: int = 1, window: bool = True) -> np.ndarray:
     """Cropped half spectra (N, H, Wc) complex64 of mean-removed, tapered images (N, H, W)."""
-    x = np.asarray(images, dtype=np.float32)
+    x = np.asarray(images)
     if x.ndim == 2:
         x = x[None]
     if x.shape[1:] != plan.shape:
         raise ValueError(f"phasecorr: image shape {x.shape[1:]} does not match plan {plan.shape}")
-    x = x - x.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    mean = x.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    x = np.subtract(x, mean, dtype=np.float32)  # 8-bit frames are converted here, once
     if window:
         x *= plan.window
     spec = sfft.rfft2(x, workers=workers)
