@@ -36,6 +36,11 @@ import xarray as xr
 from . import bitround
 
 SESSION_FILE = "mps_session.json"
+# In a step's temporary folder: which process writes it. Opening a session removes the
+# temporary folders of crashed runs, never those of a run still going in another process
+# (a viewer or a second command opening the session mid-run used to delete a step's
+# half-written output, and the run then committed what was left of it).
+OWNER_FILE = ".owner.json"
 SESSION_FORMAT = "mps-session"
 SESSION_VERSION = 1
 REMOVED_FILE = "all_removed_frames.txt"
@@ -58,6 +63,34 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def _this_process() -> dict[str, Any]:
+    import socket
+
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "created": psutil.Process().create_time()}
+
+
+def _run_alive(tmp: Path) -> bool:
+    """Whether the process that owns a step's temporary folder still runs. A folder owned on
+    another machine (a shared session folder) is taken as alive: it cannot be checked."""
+    import socket
+
+    import psutil
+
+    try:
+        owner = json.loads((tmp / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # a crashed run from before owners were recorded, or a torn write
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:  # the creation time tells a reused pid from the owner
+        return abs(psutil.Process(int(owner["pid"])).create_time() - float(owner["created"])) < 1.0
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
 
 
 def now_iso() -> str:
@@ -108,6 +141,12 @@ class StepRun:
         return load_path(self.path_of(name))
 
     def commit(self, manifest: dict[str, Any]) -> Path:
+        owner = self.tmp / OWNER_FILE
+        if not owner.exists():
+            raise StoreError(f"step {self.step_id}: its working folder {self.tmp.name} was removed "
+                             "while it ran (by another program?); nothing was saved, the previous "
+                             "result is kept. Run the step again.")
+        owner.unlink()
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=jsonable))
         final = self.store.step_dir(self.step_id)
         old = final.with_name(f".{self.step_id}.old-{self.run_id}")
@@ -358,13 +397,15 @@ class SessionStore:
             else:
                 shutil.rmtree(p, ignore_errors=True)
         for p in steps.glob(".*.tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
+            if not _run_alive(p):
+                shutil.rmtree(p, ignore_errors=True)
 
     # -- writing --------------------------------------------------------------------------
     def begin(self, step_id: str) -> StepRun:
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         tmp = self.root / "steps" / f".{step_id}.tmp-{run_id}"
         tmp.mkdir(parents=True)
+        (tmp / OWNER_FILE).write_text(json.dumps(_this_process()))
         return StepRun(self, step_id, run_id, tmp, time.time())
 
     def record_failure(self, step_id: str, message: str, log_path: Path | None = None) -> None:

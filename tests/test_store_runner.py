@@ -170,6 +170,39 @@ def test_crash_mid_step_keeps_previous_result(session):
     assert store.status("b") == "done"
 
 
+def test_opening_a_session_mid_run_leaves_the_run_alone(session, tmp_path):
+    """A viewer or a second command opening the session while a step runs must not delete the
+    step's working folder; a crashed run's folder (its process gone) is still cleaned up."""
+    import subprocess
+    import sys
+
+    from mps_core.store import OWNER_FILE, StoreError
+
+    params, store = session
+    Runner(STEPS, params, store).run(stop="b")
+    before = store.load("b", "seq2").values.copy()
+    run = store.begin("b")
+    (run.tmp / "partial.bin").write_bytes(b"x")
+    SessionStore(store.root, create=False)  # opened elsewhere while the run goes on
+    assert (run.tmp / "partial.bin").exists()
+    # a folder left by a process that has ended is removed on the next open
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    crashed = store.begin("c")
+    owner = json.loads((crashed.tmp / OWNER_FILE).read_text())
+    owner["pid"] = int(dead.stdout)
+    (crashed.tmp / OWNER_FILE).write_text(json.dumps(owner))
+    SessionStore(store.root, create=False)
+    assert not crashed.tmp.exists() and run.tmp.exists()
+    # a run whose folder was removed under it (an older MPS opening the session) commits
+    # nothing: the previous result stays
+    shutil.rmtree(run.tmp)
+    run.tmp.mkdir()  # writers recreate folders as they write their next chunk
+    with pytest.raises(StoreError, match="removed while it ran"):
+        run.commit({"step": "b"})
+    np.testing.assert_array_equal(store.load("b", "seq2").values, before)
+
+
 def test_rerun_marks_downstream_stale(session):
     params, store = session
     Runner(STEPS, params, store).run(stop="c")
