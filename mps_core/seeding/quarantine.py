@@ -113,14 +113,25 @@ def _trend(C: np.ndarray, window: int) -> np.ndarray:
     return meds[:, k] * (1 - frac) + meds[:, k + 1] * frac
 
 
+def skewness(C: np.ndarray) -> np.ndarray:
+    """(n,) biased sample skewness of each row of (n, T) traces; NaN for a flat row."""
+    C = np.asarray(C, np.float64)
+    dev = C - C.mean(axis=1, keepdims=True)
+    m2 = np.mean(dev**2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        skew = np.mean(dev**3, axis=1) / m2**1.5
+    skew[m2 == 0] = np.nan
+    return skew
+
+
 def _trace_scores(C: np.ndarray, drift_window: int) -> dict[str, np.ndarray]:
     """skewness, noise, snr, drift for a (n, T) batch of traces (float64 inside)."""
     C = C.astype(np.float64)
     T = C.shape[1]
     dev = C - C.mean(axis=1, keepdims=True)
     m2 = np.mean(dev**2, axis=1)
+    skew = skewness(C)
     with np.errstate(invalid="ignore", divide="ignore"):
-        skew = np.mean(dev**3, axis=1) / m2**1.5
         if T > 1:
             d = np.diff(C, axis=1)
             noise = _MAD_TO_SD * np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1) / np.sqrt(2)
@@ -130,7 +141,6 @@ def _trace_scores(C: np.ndarray, drift_window: int) -> dict[str, np.ndarray]:
         window = int(max(3, min(drift_window, T // 4))) if T >= 12 else T
         trend = _trend(C, window)
         drift = np.var(trend, axis=1) / m2
-    skew[m2 == 0] = np.nan
     drift[m2 == 0] = np.nan
     return {"skewness": skew, "noise": noise, "snr": snr, "drift": drift}
 

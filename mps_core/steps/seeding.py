@@ -1,7 +1,8 @@
 """Steps 4a-4h: split the NNDSVD components into candidate cells and clean the candidate set.
 
 Watershed regions (4a-4b) are merged by distance (4c), given traces (4d), turned into the first
-footprints A and traces C (4e), and cleaned: invalid components dropped (4f), split cells merged
+footprints A and traces C (4e, which adds the cells a greedy search of the movie finds where no
+region is: `mps_core.seeding.supplement`), and cleaned: invalid components dropped (4f), split cells merged
 by correlation (4g), likely artifacts moved to a quarantine list the user can review (4h).
 Over-seeding is acceptable here (CNMF prunes later); missing a cell is not, so the defaults lean
 permissive.
@@ -42,7 +43,9 @@ from ..init.crop import Crop, subtract_background
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
 from ..seeding.extract import drop_invalid, extract_traces, init_AC, make_recompute, normalise_rows
+from ..seeding import greedy
 from ..seeding.merge import spatial_merge, temporal_merge
+from ..seeding.supplement import supplement_seeds
 from ..seeding.quarantine import SCORE_COLUMNS, quarantine, score_components
 from ..seeding.watershed import Regions, TopTwo, dominant_parts, search_parameters, segment_all
 from . import sizes
@@ -58,6 +61,10 @@ DEFAULT_MIN_DISTANCE_D = 0.5
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_SIGMA = 1.0
 _MAX_OUTLINES = 300  # outlines drawn per preview panel
+# 4e: the greedy search's cell scale, as a fraction of the cell diameter d. d (3a) measures a
+# cell's blurred extent; the search's band-pass wants the soma (0.6 d: ~10 px on the simulated
+# CA1 recording where d is 17 px)
+GREEDY_SCALE = 0.6
 _STACK_UNITS = 8  # traces in a preview trace stack
 
 
@@ -160,6 +167,27 @@ class ACInitParams(StepParams):
         "inversely.")
     skip_background: bool = P(True, "Keep NNDSVD component 0 out of A and C as the background "
                               "(b, f); turn off only to inspect it as an ordinary unit.")
+    supplement: bool = P(True, "Also search the movie itself for cells (a greedy search by "
+                         "peak-to-noise ratio with each found cell subtracted) and add those "
+                         "that no region covers: in dense fields the regions give one seed per "
+                         "bright spot and miss cells beside or under a brighter neighbour. "
+                         "Costs one pass over the movie, plus the search.")
+    supplement_min_pnr: float = P(8.0, "Peak-to-noise ratio a pixel needs (on the temporally "
+                                  "smoothed movie) to start a supplementary seed; lower finds "
+                                  "dimmer cells and more false ones.", gt=0, le=1000)
+    supplement_min_distance: float = P(0.3, "A supplementary seed is added only when no region "
+                                       "seed lies within this many cell diameters of it.",
+                                       ge=0, le=5, unit="x diameter")
+    supplement_min_skewness: float = P(0.2, "A supplementary seed is added only when its trace "
+                                       "is at least this skewed (calcium transients are, slow "
+                                       "drifts of vessels and glow less so). On the simulated "
+                                       "benchmark recordings 0.5 lost more cells than artifacts; "
+                                       "0.2 is 4h's own skewness threshold.",
+                                       ge=-10, le=100, advanced=True)
+    supplement_max_frames: int = P(500, "The search runs on the movie averaged in bins of "
+                                   "consecutive frames, at most this many bins; more costs "
+                                   "time and memory (bins x frame size x 4 bytes).", ge=50,
+                                   le=100000, advanced=True, unit="frames")
 
 
 class DropInvalidParams(StepParams):
@@ -606,9 +634,48 @@ def _background(W0: np.ndarray, H0: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return (W0 / peak).astype(np.float32), (H0 * peak).astype(np.float32)
 
 
+def _supplement(p: ACInitParams, ctx, A: sp.csr_array, C: np.ndarray, shape: tuple[int, int],
+                movie_cropped: xr.DataArray, cell_size: dict) -> tuple[sp.csr_array, np.ndarray, dict]:
+    """The region seeds plus the greedy seeds no region covers (`seeding.supplement`)."""
+    d = sizes.diameter(cell_size)
+    ctx.progress(0.0, "supplementary seeds: averaging the movie in bins")
+    def chunk(x):  # one batch of bins at a time: cancel between batches
+        ctx.check_cancel()
+        return x.compute()
+
+    Y, k = greedy.binned_movie(
+        movie_cropped.data, p.supplement_max_frames, compute=chunk,
+        progress=lambda done, total: ctx.progress(0.2 * done / max(total, 1),
+                                                  "supplementary seeds: averaging the movie in bins"))
+    ctx.check_cancel()
+    # no picks within a cell diameter of the edges: motion correction fills the pixels it uncovers
+    # there, and those jumps look like activity to the search (the regions still seed edge cells)
+    edge = max(1, int(np.ceil(d)))
+    exclude = np.ones(shape, bool)
+    exclude[edge:-edge, edge:-edge] = False
+    found = greedy.greedy_seeds_tiled(
+        Y, GREEDY_SCALE * d, min_pnr=p.supplement_min_pnr, exclude=exclude,
+        smooth_frames=greedy.smooth_frames_for_bin(k),
+        progress=lambda i, n: (ctx.check_cancel(), ctx.progress(
+            0.2 + 0.6 * i / max(n, 1), f"supplementary seeds: searching tile {i}/{n}")))
+    del Y
+    ctx.progress(0.8, "supplementary seeds: traces")
+    recompute = make_recompute(movie_cropped.data,
+                               compute=lambda *c: ctx.compute(*c, message="extracting traces"))
+    A_all, C_all, added = supplement_seeds(A, C, shape, found.footprints, found.centres,
+                                           p.supplement_min_distance * d, recompute,
+                                           p.normalisation, p.supplement_min_skewness)
+    info = {"supplement_found": len(found), "supplement_added": int(added.size),
+            "supplement_bin_frames": int(k), "supplement_cell_scale_px": GREEDY_SCALE * d,
+            "n_from_regions": int(A.shape[0])}
+    return A_all, C_all, info
+
+
 def initialise_AC(p: ACInitParams, ctx, regions_merged: xr.DataArray, region_traces: xr.DataArray,
-                  nndsvd_spatial: xr.DataArray, nndsvd_temporal: xr.DataArray) -> dict:
-    """Step 4e: A (peak-normalised etc.), C, and the background b, f from component 0."""
+                  nndsvd_spatial: xr.DataArray, nndsvd_temporal: xr.DataArray,
+                  movie_cropped: xr.DataArray, cell_size: dict) -> dict:
+    """Step 4e: A (peak-normalised etc.), C, supplementary seeds, and the background b, f
+    from component 0."""
     R = dataset_to_regions(regions_merged, "regions_merged")
     n = region_traces.sizes["unit_id"]
     if n > len(R):
@@ -620,6 +687,12 @@ def initialise_AC(p: ACInitParams, ctx, regions_merged: xr.DataArray, region_tra
         raise StepError("the NNDSVD background does not match the regions / traces (other crop or "
                         "frames); rerun steps 3b-4d")
     A, C = init_AC(R, np.asarray(region_traces.values), p.normalisation, sparse=True)
+    info = {"n_from_regions": int(A.shape[0]), "supplement_added": 0}
+    if p.supplement:
+        if tuple(R.shape) != _shape_of(movie_cropped):
+            raise StepError(f"regions are {R.shape} but movie_cropped is {_shape_of(movie_cropped)}; "
+                            "rerun steps 3b-4d after changing the crop")
+        A, C, info = _supplement(p, ctx, A, C, tuple(R.shape), movie_cropped, cell_size)
     b, f = _background(W0, H0)
     if not p.skip_background:  # the background becomes unit 0, b and f are zero
         Ab = normalise_rows(sp.csr_array(W0.reshape(1, -1)), p.normalisation)
@@ -630,7 +703,8 @@ def initialise_AC(p: ACInitParams, ctx, regions_merged: xr.DataArray, region_tra
     if A.shape[0] == 0:
         raise StepError("no regions to initialise; revisit steps 4b-4c")
     ids = np.arange(A.shape[0])
-    attrs = {"normalisation": p.normalisation, "background_is_unit_0": not p.skip_background}
+    attrs = {"normalisation": p.normalisation, "background_is_unit_0": not p.skip_background,
+             **info}
     coords = frame_coords(region_traces)
     return {
         "A_init": footprints_da(A, tuple(R.shape), ids, "A_init", attrs),
@@ -649,8 +723,8 @@ def _preview_init(outputs, inputs, params) -> Figure:
     img, outlines = unit_map(A)
     f = outputs["f_init"]
     return Figure("4e A/C initialisation", [
-        ImagePanel(f"{A.sizes['unit_id']} units (max over A)", img, cmap="viridis",
-                   outlines=outlines),
+        ImagePanel(f"{A.sizes['unit_id']} units, {A.attrs.get('supplement_added', 0)} of them "
+                   "added by the search (max over A)", img, cmap="viridis", outlines=outlines),
         trace_stack(C, "C_init"),
         ImagePanel("background b_init", outputs["b_init"].values),
         LinePanel("background f_init", f.frame.values, {"f": f.values}, xlabel="original frame"),
@@ -857,9 +931,11 @@ STEP_4D = Step(
 STEP_4E = Step(
     id="4e", title="A/C initialisation", stage=STAGE,
     summary="Builds the first footprints A and traces C from the regions, normalised as chosen, "
-            "and keeps the background component apart as b and f.",
+            "adds the cells a greedy search of the movie finds where no region is, and keeps the "
+            "background component apart as b and f.",
     params=ACInitParams,
-    inputs=("regions_merged", "region_traces", "nndsvd_spatial", "nndsvd_temporal"),
+    inputs=("regions_merged", "region_traces", "nndsvd_spatial", "nndsvd_temporal",
+            "movie_cropped", "cell_size"),
     outputs=("A_init", "C_init", "b_init", "f_init"), run=initialise_AC,
     previews=(Preview("init", "A and C", _preview_init),),
 )
