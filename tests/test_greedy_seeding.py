@@ -206,6 +206,32 @@ def test_tiled_finds_same_cells_as_untiled():
         assert ndimage.label(a > 0)[1] == 1
 
 
+def test_tiled_threads_give_the_serial_result():
+    cells = [(10, 10), (10, 45), (30, 30), (33, 62), (48, 20), (62, 47), (80, 12), (78, 78)]
+    Y = make_movie(cells, size=(96, 96), T=120, seed=3)
+    one = greedy_seeds_tiled(Y, D, tile=32, margin=24, workers=1)
+    two = greedy_seeds_tiled(Y, D, tile=32, margin=24, workers=2)
+    assert len(one) == len(two) >= len(cells)
+    assert (one.footprints != two.footprints).nnz == 0
+    np.testing.assert_array_equal(one.traces, two.traces)
+    np.testing.assert_array_equal(one.centres, two.centres)
+
+
+def test_tiled_stops_when_progress_raises():
+    Y = make_movie([(10, 10), (50, 50)], size=(96, 96), T=60, seed=4)
+    seen = []
+
+    def progress(i, n):
+        seen.append(i)
+        if i == 2:
+            raise KeyboardInterrupt("cancel")
+    with pytest.raises(KeyboardInterrupt):
+        greedy_seeds_tiled(Y, D, tile=32, margin=24, workers=2, progress=progress)
+    assert seen == [1, 2]
+    with pytest.raises(ValueError, match="workers"):
+        greedy_seeds_tiled(Y, D, workers=0)
+
+
 def test_tiled_on_binned_movie(movie):
     B, k = binned_movie(da.from_array(movie, chunks=(64, 64, 64)), max_frames=150)
     assert k == 2 and B.shape == (150, 64, 64)

@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from scipy import ndimage
 
 from mps_core.seeding.extract import drop_invalid, extract_traces, init_AC, make_recompute
 from mps_core.seeding.merge import demixed_traces, spatial_merge, temporal_merge
@@ -150,6 +151,20 @@ def test_search_prefers_cell_sized_peak_distance():
     assert tiny["regions_per_component"] > 2 * cell["regions_per_component"]
     assert tiny["shallow_split_fraction"] > 0.5 and cell["shallow_split_fraction"] == 0
     assert search_parameters(W, **kw) == (best, table)  # deterministic
+
+
+def test_label_maxima_match_scipy():
+    from mps_core.seeding.watershed import _label_argmax, _label_max
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        v = rng.random((40, 50)).astype(np.float32)
+        v[:5, :5] = 0.9  # a plateau: the first pixel in raster order wins, as in scipy
+        lab, n = ndimage.label(v > 0.6)
+        idx = np.arange(1, n + 1)
+        np.testing.assert_array_equal(_label_max(v, lab, n)[1:], ndimage.maximum(v, lab, idx))
+        pos = [np.unravel_index(f, v.shape) for f in _label_argmax(v, lab, n)[1:]]
+        assert pos == [tuple(p) for p in ndimage.maximum_position(v, lab, idx)]
+    assert _label_argmax(np.zeros((3, 3)), np.zeros((3, 3), int), 2)[1:].tolist() == [-1, -1]
 
 
 # ----------------------------------------------------------------------------- traces, A/C

@@ -81,6 +81,7 @@ Costs (per tile of h x w px, T' frames, n picks)
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -579,7 +580,7 @@ def tile_grid(H: int, W: int, tile: int, margin: int) -> list[tuple[tuple[slice,
 
 def greedy_seeds_tiled(Y: np.ndarray, cell_diameter: float, tile: int | None = None,
                        margin: int | None = None, progress: Callable[[int, int], None] | None = None,
-                       **kw) -> GreedyResult:
+                       workers: int = 1, **kw) -> GreedyResult:
     """``greedy_seeds`` on overlapping spatial tiles of an in-memory (T', H, W) movie.
 
     ``tile``/``margin``: core width and margin in px (default ``default_tiling(d)``; margin
@@ -588,6 +589,9 @@ def greedy_seeds_tiled(Y: np.ndarray, cell_diameter: float, tile: int | None = N
     ``kw`` goes to ``greedy_seeds`` (an ``exclude`` mask is full-frame (H, W); ``max_seeds``
     applies per tile).  ``progress(done_tiles, n_tiles)`` after every tile.  Footprints are
     returned as a scipy.sparse CSR (n, H*W) float32 matrix; order: tiles row-major, then picks.
+    ``workers``: tiles searched at once, in threads (the heavy work, OpenCV blurs and numpy
+    reductions, releases the GIL); the result does not depend on it.  If ``progress`` raises
+    (a cancel), tiles not yet started are dropped and the exception propagates.
     """
     _check_movie(Y, "greedy_seeds_tiled")
     d = float(cell_diameter)
@@ -609,32 +613,48 @@ def greedy_seeds_tiled(Y: np.ndarray, cell_diameter: float, tile: int | None = N
                              f"got {user_ex.dtype} {user_ex.shape}")
     pick_reach = int(round(PICK_MARGIN * d))
     grid = tile_grid(H, W, int(tile), int(margin))
-    rows, cols, vals, traces, centres, pnr, corr = [], [], [], [], [], [], []
-    n_kept = 0
-    for i, (core, ext) in enumerate(grid):
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"greedy_seeds_tiled: workers must be an integer >= 1, got {workers!r}")
+
+    def search(core, ext):
         allowed = _pad_window(core, pick_reach, (H, W))
         ex = np.ones((ext[0].stop - ext[0].start, ext[1].stop - ext[1].start), bool)
         ex[allowed[0].start - ext[0].start:allowed[0].stop - ext[0].start,
            allowed[1].start - ext[1].start:allowed[1].stop - ext[1].start] = False
         if user_ex is not None:
             ex |= user_ex[ext]
-        r = greedy_seeds(Y[:, ext[0], ext[1]], d, exclude=ex, **kw)
-        gy = r.centres[:, 0] + ext[0].start
-        gx = r.centres[:, 1] + ext[1].start
-        inside = ((gy >= core[0].start) & (gy < core[0].stop) & (gx >= core[1].start) & (gx < core[1].stop))
-        for k in np.flatnonzero(inside):
-            ly, lx = np.nonzero(r.footprints[k])
-            rows.append(np.full(len(ly), n_kept, np.int64))
-            cols.append((ly + ext[0].start).astype(np.int64) * W + lx + ext[1].start)
-            vals.append(r.footprints[k][ly, lx])
-            n_kept += 1
-        traces.append(r.traces[inside])
-        centres.append(np.stack([gy, gx], 1)[inside])
-        pnr.append(r.pnr[inside])
-        corr.append(r.corr[inside])
-        del r
-        if progress is not None:
-            progress(i + 1, len(grid))
+        return greedy_seeds(Y[:, ext[0], ext[1]], d, exclude=ex, **kw)
+
+    rows, cols, vals, traces, centres, pnr, corr = [], [], [], [], [], [], []
+    n_kept = 0
+    pool = ThreadPoolExecutor(int(workers), thread_name_prefix="mps-greedy")
+    try:
+        # results are taken in grid order, so the output does not depend on which tile ends
+        # first; at most 2 x workers tiles are submitted ahead (bounds the dense results held)
+        futures = {}
+        for i, (core, ext) in enumerate(grid):
+            for j in range(i, min(i + 2 * int(workers), len(grid))):
+                if j not in futures:
+                    futures[j] = pool.submit(search, *grid[j])
+            r = futures.pop(i).result()
+            gy = r.centres[:, 0] + ext[0].start
+            gx = r.centres[:, 1] + ext[1].start
+            inside = ((gy >= core[0].start) & (gy < core[0].stop) & (gx >= core[1].start) & (gx < core[1].stop))
+            for k in np.flatnonzero(inside):
+                ly, lx = np.nonzero(r.footprints[k])
+                rows.append(np.full(len(ly), n_kept, np.int64))
+                cols.append((ly + ext[0].start).astype(np.int64) * W + lx + ext[1].start)
+                vals.append(r.footprints[k][ly, lx])
+                n_kept += 1
+            traces.append(r.traces[inside])
+            centres.append(np.stack([gy, gx], 1)[inside])
+            pnr.append(r.pnr[inside])
+            corr.append(r.corr[inside])
+            del r
+            if progress is not None:
+                progress(i + 1, len(grid))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
     A = sp.csr_matrix((cat(vals, np.float32), (cat(rows, np.int64), cat(cols, np.int64))),
                       shape=(n_kept, H * W))

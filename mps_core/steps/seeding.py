@@ -28,6 +28,7 @@ Artifacts written here:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -634,6 +635,12 @@ def _background(W0: np.ndarray, H0: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return (W0 / peak).astype(np.float32), (H0 * peak).astype(np.float32)
 
 
+def _local_threads(ctx) -> int:
+    """Threads for in-process work: the run's workers, but never more than this machine's cores
+    (with a cluster the workers are elsewhere)."""
+    return max(1, min(int(ctx.n_workers), os.cpu_count() or 1))
+
+
 def _supplement(p: ACInitParams, ctx, A: sp.csr_array, C: np.ndarray, shape: tuple[int, int],
                 movie_cropped: xr.DataArray, cell_size: dict) -> tuple[sp.csr_array, np.ndarray, dict]:
     """The region seeds plus the greedy seeds no region covers (`seeding.supplement`)."""
@@ -655,7 +662,7 @@ def _supplement(p: ACInitParams, ctx, A: sp.csr_array, C: np.ndarray, shape: tup
     exclude[edge:-edge, edge:-edge] = False
     found = greedy.greedy_seeds_tiled(
         Y, GREEDY_SCALE * d, min_pnr=p.supplement_min_pnr, exclude=exclude,
-        smooth_frames=greedy.smooth_frames_for_bin(k),
+        smooth_frames=greedy.smooth_frames_for_bin(k), workers=_local_threads(ctx),
         progress=lambda i, n: (ctx.check_cancel(), ctx.progress(
             0.2 + 0.6 * i / max(n, 1), f"supplementary seeds: searching tile {i}/{n}")))
     del Y
