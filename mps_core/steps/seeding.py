@@ -177,7 +177,10 @@ class ACInitParams(StepParams):
                                   "smoothed movie) to start a supplementary seed; lower finds "
                                   "dimmer cells and more false ones.", gt=0, le=1000)
     supplement_min_distance: float = P(0.3, "A supplementary seed is added only when no region "
-                                       "seed lies within this many cell diameters of it.",
+                                       "seed lies within this many cell diameters of it. Lower "
+                                       "values add second seeds on cells a region already holds, "
+                                       "and the two then share the cell's light: on the "
+                                       "simulated CA1 benchmark 0.1 lowered F1 from 0.77 to 0.69.",
                                        ge=0, le=5, unit="x diameter")
     supplement_min_skewness: float = P(0.2, "A supplementary seed is added only when its trace "
                                        "is at least this skewed (calcium transients are, slow "
