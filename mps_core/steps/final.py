@@ -475,11 +475,14 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
         "motion": "(dy, dx) shift that registered each kept frame, in pixels of the grid "
                   "above; the mean over patches when piecewise-rigid",
     }
+    # only the exported rows of the traces from here on: on long recordings the full (units,
+    # frames) C and S beside their exported copies set 8c's peak (long:30: +0.5 GB over long:10)
+    C, S = C[k], S[k]
     # the one dense (units, H, W) copy, straight from the CSR, while the writers run
     A_full = sf.in_frame(A, k, shape, y0, x0, full)
     del A
     data = ex.ExportData(
-        A=A_full, C=C[k], S=S[k], unit_ids=ids[k],
+        A=A_full, C=C, S=S, unit_ids=ids[k],
         frames=frames, motion=motion, frame_table=table, units=units, metadata=metadata,
         b=b, f=f, mean_frame=mean_full, exported_at=exported_at)
     formats = {name for name, on in (("numpy", p.export_numpy), ("zarr", p.export_zarr),
