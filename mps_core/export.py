@@ -44,6 +44,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from .cnmf.sparse_footprints import FramedFootprints
 from .store import jsonable
 
 __all__ = ["ExportData", "place_in_frame", "export_step", "write_numpy", "write_zarr", "write_json",
@@ -68,7 +69,7 @@ class ExportData:
     byte-identical between two exports of the same data).
     """
 
-    A: np.ndarray
+    A: np.ndarray | FramedFootprints
     C: np.ndarray
     S: np.ndarray
     unit_ids: np.ndarray
@@ -83,7 +84,8 @@ class ExportData:
     exported_at: str | None = None
 
     def __post_init__(self) -> None:
-        self.A = np.asarray(self.A, np.float32)
+        if not isinstance(self.A, FramedFootprints):  # that one stays sparse until written
+            self.A = np.asarray(self.A, np.float32)
         self.C = np.asarray(self.C, np.float32)
         self.S = np.asarray(self.S, np.float32)
         self.unit_ids = np.asarray(self.unit_ids, np.int64)
@@ -169,9 +171,22 @@ def write_numpy(folder: Path, data: ExportData) -> list[dict]:
     for name, arr in arrays.items():
         path = folder / f"{name}.npy"
         _fresh(path)
-        np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
+        if isinstance(arr, FramedFootprints):
+            _save_blocks(path, arr)
+        else:
+            np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
         out.append(_entry(folder, path, "numpy", arr.shape, arr.dtype))
     return out
+
+
+def _save_blocks(path: Path, A: FramedFootprints) -> None:
+    """``np.save`` of the dense stack, written one block of units at a time (same bytes)."""
+    header = {"descr": np.lib.format.dtype_to_descr(A.dtype), "fortran_order": False,
+              "shape": A.shape}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for _, block in A.blocks():
+            fh.write(np.ascontiguousarray(block).tobytes())
 
 
 # ----------------------------------------------------------------------------- zarr
@@ -187,7 +202,10 @@ def to_dataset(data: ExportData) -> xr.Dataset:
         if k != "frame":
             coords[k] = ("frame", np.asarray(v))
     ds = xr.Dataset(coords=coords)
-    ds["A"] = (("unit_id", "height", "width"), data.A)
+    A = data.A
+    if isinstance(A, FramedFootprints):  # lazy: filled a chunk of units at a time when read
+        A = da.from_array(A, chunks=(64, -1, -1), meta=np.zeros((0, 0, 0), np.float32))
+    ds["A"] = (("unit_id", "height", "width"), A)
     ds["C"] = (("unit_id", "frame"), data.C)
     ds["S"] = (("unit_id", "frame"), data.S)
     ds["motion"] = (("frame", "axis"), data.motion)
@@ -219,7 +237,7 @@ def write_zarr(folder: Path, data: ExportData, name: str = "mps_export.zarr") ->
     # The footprints are written chunk by chunk below: written by xarray through dask, the
     # export held about another copy of A (+760 MB for 419 units of 608 x 608 px; +350 MB
     # this way, measured). A lazy all-zero stand-in lays the array out.
-    A = np.asarray(ds["A"].values)
+    A = data.A
     step = chunks["unit_id"]
     ds["A"] = ds["A"].copy(data=da.zeros(A.shape, A.dtype, chunks=(step, -1, -1)))
     ds = ds.chunk({k: v for k, v in chunks.items() if k in ds.dims})
@@ -279,7 +297,7 @@ def write_pickle(folder: Path, data: ExportData, name: str = "mps_export.pkl") -
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     _fresh(path)
-    obj = {"A": data.A, "C": data.C, "S": data.S, "unit_ids": data.unit_ids,
+    obj = {"A": np.asarray(data.A), "C": data.C, "S": data.S, "unit_ids": data.unit_ids,
            "frames": data.frames, "motion": data.motion, "b": data.b, "f": data.f,
            "mean_frame": data.mean_frame,
            "frame_table": {k: np.asarray(v) for k, v in data.frame_table.items()},
@@ -346,7 +364,8 @@ def write_figures(folder: Path, data: ExportData, n_units: int = 20,
     n = data.unit_ids.size
     base = (np.asarray(data.mean_frame, np.float32) if data.mean_frame is not None
             else np.zeros(data.A.shape[1:], np.float32))
-    outlines = [_outline(a, f"{int(u)}") for a, u in zip(data.A[:300], data.unit_ids[:300])]
+    # one unit at a time: A may be filled from sparse footprints only where read
+    outlines = [_outline(data.A[i], "") for i in range(min(300, n))]
     figs = {"footprints": Figure("Footprints over the mean image", [
         ImagePanel(f"{n} units", base, outlines=[o for o in outlines if o is not None])])}
     strength = data.C.max(axis=1) if n else np.zeros(0)

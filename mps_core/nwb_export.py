@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from .cnmf.sparse_footprints import FramedFootprints
+
 __all__ = ["NWB_NAME", "RecordingInfo", "recording_info", "start_time_from_metadata",
            "miniscope_settings", "read_v3_settings", "orientation_text", "nwb_identifier",
            "write_nwb", "read_nwb", "validate_nwb"]
@@ -430,6 +432,14 @@ def _timestamps(data, info: RecordingInfo) -> tuple[np.ndarray, str]:
 def _io(arr: np.ndarray, chunks: tuple[int, ...] | None):
     from hdmf.backends.hdf5.h5_utils import H5DataIO
 
+    if isinstance(arr, FramedFootprints) and arr.size:  # streamed, one footprint at a time
+        from hdmf.data_utils import DataChunkIterator
+
+        ch = tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, arr.shape))
+        frames = (arr[i] for i in range(arr.shape[0]))
+        it = DataChunkIterator(data=frames, maxshape=arr.shape, dtype=arr.dtype,
+                               buffer_size=ch[0])
+        return H5DataIO(it, compression="gzip", compression_opts=4, shuffle=True, chunks=ch)
     arr = np.ascontiguousarray(arr)
     if arr.size == 0:
         return arr

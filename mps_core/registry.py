@@ -38,6 +38,9 @@ class Context(Protocol):
 
     # folder for files a step writes itself (exports); committed atomically with its results
     output_dir: Any
+    # step 1's memory limit per worker: steps size their in-memory arrays from it
+    memory_limit_bytes: int
+    n_workers: int
 
 
 @dataclass(frozen=True)

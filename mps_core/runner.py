@@ -80,6 +80,10 @@ class RunContext:
     def n_workers(self) -> int:
         return self.execution.n_workers
 
+    @property
+    def memory_limit_bytes(self) -> int:
+        return self.execution.memory_limit_bytes
+
     def warn(self, message: str) -> None:
         log.warning("step %s: %s", self.step.id, message)
         self.warnings.append(message)

@@ -5,6 +5,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
 from scipy import ndimage as ndi
 
 from mps_core.cnmf.clusters import centroids, cluster_boxes, cluster_units, dilate
@@ -412,3 +413,27 @@ def test_select_smoothing_needs_zero_first_and_handles_no_scores():
         select_smoothing(np.ones((2, 2)), [1.0, 2.0])
     sigma, med, used = select_smoothing(np.full((3, 2), np.nan), [0.0, 1.0])
     assert sigma == 0.0 and used == 0 and np.isnan(med).all()
+
+
+def test_noise_of_a_stored_movie_reads_it_tile_by_tile(rec, tmp_path):
+    """5a opens a stored movie again in (segment, tile, tile) chunks (``store.pixel_tiles``):
+    every task reads one spatial tile, and the noise map is the in-memory one exactly."""
+    from test_curation import _put
+
+    from mps_core.store import SessionStore, pixel_tiles
+
+    T, H, W = rec.movie.shape
+    big = np.tile(rec.movie.astype(np.float32), (1, 3, 3))[:, :150, :140]  # > one 128 px tile
+    movie = xr.DataArray(da.from_array(big, chunks=(40, -1, -1)), dims=("frame", "height", "width"),
+                         coords={"frame": np.arange(T)}, name="movie_cropped")
+    store = SessionStore(tmp_path / "s")
+    _put(store, "3a", {"movie_cropped": movie})
+    stored = store.load("3a", "movie_cropped")
+    tiles = pixel_tiles(stored, 200)
+    assert tiles.data.chunks[0][0] == 200 and tiles.data.chunks[1] == (128, 22)
+    assert tiles.data.chunks[2] == (128, 12)
+    kw = dict(max_frames=0, segment_frames=200)
+    want = pixel_noise(stored.values, **kw)
+    np.testing.assert_array_equal(pixel_noise(tiles, **kw), want)
+    # not from a store: rechunked by dask, same values
+    np.testing.assert_array_equal(pixel_noise(pixel_tiles(movie, 200), **kw), want)

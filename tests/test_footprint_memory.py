@@ -151,6 +151,62 @@ def test_in_frame_equals_place_in_frame():
         sf.in_frame(_csr(A), rows, (H, W), 3, 5, (H, W))
 
 
+def test_framed_footprints_index_like_the_dense_stack():
+    A = _footprints()
+    rows = np.array([0, 3, 9, 22, 4])
+    full = (H + 7, W + 9)
+    ref = place_in_frame(A[rows], 3, 5, full)
+    F = sf.FramedFootprints(_csr(A), rows, (H, W), 3, 5, full)
+    assert F.shape == ref.shape and F.dtype == ref.dtype and len(F) == 5 and F.nbytes == ref.nbytes
+    np.testing.assert_array_equal(np.asarray(F), ref)
+    for key in (2, -1, slice(1, 4), slice(None, None, 2), np.array([4, 0]),
+                (slice(0, 2), slice(3, 10), slice(None)), (3, slice(5, 9), 7)):
+        np.testing.assert_array_equal(F[key], ref[key])
+    got = np.concatenate([b for _, b in F.blocks(2)])
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(da.from_array(F, chunks=(2, -1, -1)).compute(), ref)
+    with pytest.raises(IndexError):
+        F[5]
+    assert np.asarray(sf.FramedFootprints(_csr(A), [], (H, W), 0, 0, (H, W))).shape == (0, H, W)
+
+
+def test_every_writer_writes_framed_footprints_as_the_dense_stack(tmp_path):
+    """8c hands the writers footprints filled from the CSR a block at a time: the files hold
+    exactly what the dense stack gives (the NumPy file byte for byte)."""
+    import pickle
+    import zarr
+
+    from mps_core import export as ex
+    from mps_core import nwb_export as ne
+
+    A = _footprints(n=70)  # more units than one 64-unit block
+    rows = np.arange(1, 70)
+    full = (H + 4, W + 2)
+    T = 12
+    rng = np.random.default_rng(1)
+
+    def data(footprints):
+        n = rows.size
+        return ex.ExportData(A=footprints, C=rng.random((n, T)), S=np.zeros((n, T)),
+                             unit_ids=rows, frames=np.arange(T), motion=np.zeros((T, 2)),
+                             units={"snr": np.ones(n)}, exported_at="2026-01-02T03:04:05+00:00")
+
+    formats = {"numpy", "zarr", "pickle", "nwb", "figures"}
+    dense = place_in_frame(A[rows], 2, 1, full)
+    ex.write_formats(tmp_path / "dense", data(dense), formats)
+    framed = sf.FramedFootprints(_csr(A), rows, (H, W), 2, 1, full)
+    ex.write_formats(tmp_path / "framed", data(framed), formats)
+    d, f = tmp_path / "dense", tmp_path / "framed"
+    assert (d / "A.npy").read_bytes() == (f / "A.npy").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(f / "mps_export.zarr" / "A", mode="r")[:], dense)
+    with open(f / "mps_export.pkl", "rb") as fh:
+        np.testing.assert_array_equal(pickle.load(fh)["A"], dense)
+    np.testing.assert_array_equal(ne.read_nwb(f / ne.NWB_NAME)["A"], dense)
+    assert ne.validate_nwb(f / ne.NWB_NAME) == []
+    assert (f / "figures" / "footprints.png").read_bytes() == \
+        (d / "figures" / "footprints.png").read_bytes()
+
+
 # ----------------------------------------------------------------------------- 7b-7e numerics
 
 

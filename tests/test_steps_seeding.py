@@ -396,6 +396,51 @@ def test_supplementary_seeds_cover_cells_the_regions_missed(run):
     assert stray.sum() <= 3, (far, to_streak[cy, cx])  # 11 without the skewness check
 
 
+def test_supplement_within_a_small_memory_limit_gives_the_same_seeds(run, tmp_path):
+    """With too little memory for the binned movie and a tile search together, 4e writes the
+    binned movie to a scratch folder, reads the tiles from it, searches one tile at a time
+    (smaller tiles when one does not fit) and removes the scratch; with the tiles unchanged
+    the seeds are the ones found in memory."""
+    from mps_core.seeding import greedy
+    from mps_core.steps import seeding as s4
+
+    store = run["store"]
+    inputs = {k: store.load(s, k) for s, k in (("4c", "regions_merged"), ("4d", "region_traces"),
+                                               ("3b", "nndsvd_spatial"), ("3b", "nndsvd_temporal"),
+                                               ("3a", "movie_cropped"), ("3a", "cell_size"))}
+    ref = STEP_4E(ACInitParams(), SimpleContext(n_workers=2), **inputs)
+    T, h, w = inputs["movie_cropped"].shape
+    d = s4.GREEDY_SCALE * inputs["cell_size"]["diameter_px"]
+    tile, _, one = greedy.tile_plan(min(T, 500), (h, w), d, 1e12, 1)
+    limit = int(one / s4.SEARCH_SHARE) + 1  # one default tile fits, the binned movie beside it not
+    out = STEP_4E(ACInitParams(), SimpleContext(n_workers=2, memory_limit_bytes=limit,
+                                                output_dir=tmp_path), **inputs)
+    a = out["A_init"].attrs
+    assert a["supplement_binned_on_disk"] and a["supplement_tiles_at_once"] == 1
+    assert a["supplement_tile_px"] == tile and not ref["A_init"].attrs["supplement_binned_on_disk"]
+    assert list(tmp_path.iterdir()) == []  # the scratch is gone
+    for k in ("A_init", "C_init"):
+        np.testing.assert_array_equal(out[k].values, ref[k].values)
+    tiny = STEP_4E(ACInitParams(), SimpleContext(memory_limit_bytes=limit // 4,
+                                                 output_dir=tmp_path), **inputs)
+    assert tiny["A_init"].attrs["supplement_tile_px"] < tile
+    assert abs(tiny["A_init"].sizes["unit_id"] - ref["A_init"].sizes["unit_id"]) <= 2
+
+
+def test_tile_plan_fits_the_budget():
+    from mps_core.seeding.greedy import TILE_COPIES, default_tiling, tile_plan
+
+    t0, m = default_tiling(10.0)
+    one = TILE_COPIES * 500 * (t0 + 2 * m) ** 2 * 4
+    assert tile_plan(500, (1000, 1000), 10.0, 3.5 * one, 8)[:2] == (t0, 3)
+    assert tile_plan(500, (1000, 1000), 10.0, 3.5 * one, 2)[:2] == (t0, 2)
+    tile, workers, cost = tile_plan(500, (1000, 1000), 10.0, 0.5 * one, 2)
+    assert workers == 1 and tile < t0 and cost <= 0.5 * one
+    assert tile_plan(500, (1000, 1000), 10.0, 1.0, 2)[:2] == (max(32, 2 * m), 1)  # the floor
+    # a frame smaller than a tile costs only the frame
+    assert tile_plan(500, (50, 60), 10.0, 1e12, 1)[2] == TILE_COPIES * 500 * 50 * 60 * 4
+
+
 def test_init_analysis_csv_matches_the_json(run, tmp_path):
     store = run["store"]
     out = STEP_3C(InitAnalysisParams(gallery_size=4), SimpleContext(output_dir=tmp_path),

@@ -16,10 +16,11 @@ How it is computed here:
   slow drifts such as bleaching into the high band) and Fourier transformed along time; the
   PSD ``|X_k|^2 / sum(w^2)`` is averaged over the frequencies ``low < k / L <= high`` (in
   fractions of the sampling rate, 0.5 = Nyquist) and then over segments (Welch's method).
-* The PSD needs pixel-major access: each segment is rechunked into spatial tiles holding the
-  whole segment (about 64 MB each). Peak memory is about one segment of float32 frames per
-  running task, ``segment_frames * H * W * 4`` bytes (500 frames of 600 x 600: 720 MB), as the
-  rechunk gathers a segment's frame chunks before splitting them into tiles.
+* The PSD needs pixel-major access: each task holds one spatial tile of a whole segment. A
+  movie already chunked in space (``store.pixel_tiles``: read tile by tile from the store)
+  keeps its tiles, about ``segment_frames * 128 * 128 * 4`` bytes per running task. A movie
+  of whole frames is rechunked into tiles of about 64 MB, which holds every frame chunk of a
+  segment at once: ``segment_frames * H * W * 4`` bytes (500 frames of 600 x 600: 720 MB).
 * Optional Gaussian smoothing of the map (``smoothing_sigma`` px, reflected border), then the
   noise of active pixels, those whose mean (over the frames used) is above
   ``active_threshold`` (the mean or median of the mean image, or a number in movie units), is
@@ -39,19 +40,20 @@ from scipy.signal import get_window
 
 from .yra import frame_chunked
 
-__all__ = ["pixel_noise"]
+__all__ = ["pixel_noise", "SEGMENT_FRAMES"]
 
 _TILE_BYTES = 64 * 2**20  # target size of one spatial tile of one segment
+SEGMENT_FRAMES = 500  # frames per Welch segment
 
 
 def pixel_noise(Y: Any, *, band: tuple[float, float] = (0.25, 0.5), max_frames: int = 4000,
-                segment_frames: int = 500, smoothing_sigma: float = 1.0,
+                segment_frames: int = SEGMENT_FRAMES, smoothing_sigma: float = 1.0,
                 active_scale: float = 1.5, active_threshold: str | float = "mean",
                 compute: Callable[..., tuple] | None = None) -> np.ndarray:
     """(H, W) float32 noise standard deviation of every pixel (see the module docstring)."""
     compute = compute or dask.compute
     _check(band, max_frames, segment_frames, smoothing_sigma, active_scale, active_threshold)
-    Yd = frame_chunked(Y, None, "pixel_noise")
+    Yd = _as_movie(Y)
     T, H, W = Yd.shape
     starts, L = _segments(T, int(max_frames), int(segment_frames))
     bins = np.flatnonzero((np.fft.rfftfreq(L) > band[0]) & (np.fft.rfftfreq(L) <= band[1]))
@@ -100,11 +102,25 @@ def _segments(T: int, max_frames: int, segment_frames: int) -> tuple[list[int], 
     return [int(s) for s in starts], L
 
 
+def _as_movie(Y: Any) -> da.Array:
+    """``Y`` as a float32 (frame, height, width) dask array, its chunks as they are."""
+    data = Y.data if hasattr(Y, "dims") else Y
+    if isinstance(data, np.ndarray):
+        return frame_chunked(data, None, "pixel_noise")
+    if not isinstance(data, da.Array) or data.ndim != 3:
+        raise ValueError(f"pixel_noise: Y must be a (frame, height, width) array, got "
+                         f"{type(Y).__name__} with shape {getattr(Y, 'shape', None)}")
+    return data if data.dtype == np.float32 else data.astype(np.float32)
+
+
 def _segment_stats(seg: da.Array, band: slice) -> da.Array:
     """Lazy (2, H, W): band-averaged PSD and mean of one (L, H, W) segment."""
     L, H, W = seg.shape
-    side = max(int(np.sqrt(_TILE_BYTES / (4 * L))), 16)
-    tiles = seg.rechunk({0: -1, 1: min(side, H), 2: min(side, W)})
+    if len(seg.chunks[1]) > 1 or len(seg.chunks[2]) > 1:  # already tiles: join their frames
+        tiles = seg.rechunk({0: -1})
+    else:
+        side = max(int(np.sqrt(_TILE_BYTES / (4 * L))), 16)
+        tiles = seg.rechunk({0: -1, 1: min(side, H), 2: min(side, W)})
     return tiles.map_blocks(_tile_stats, band, dtype=np.float64,
                             chunks=((2,),) + tiles.chunks[1:])
 

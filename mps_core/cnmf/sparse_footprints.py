@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 
 __all__ = ["as_csr", "read_csr", "iter_slabs", "dense_rows", "dense_unit", "row_max",
            "positive_counts", "support_box", "centroids_csr", "lazy_dense", "smooth_csr",
-           "scatter_csr", "in_frame"]
+           "scatter_csr", "in_frame", "FramedFootprints"]
 
 Shape = tuple[int, int]
 Compute = Callable[..., tuple]
@@ -240,18 +240,76 @@ def _coo_csr(rows, cols, vals, shape) -> sp.csr_matrix:
 def in_frame(csr: sp.csr_matrix, rows: np.ndarray, shape: Shape, y0: int, x0: int,
              full: Shape) -> np.ndarray:
     """(k, *full) float32 dense footprints of ``rows``, each (H, W) footprint placed at
-    (y0, x0) of a zero frame of shape ``full`` (a crop undone): the one dense copy an export
-    needs, filled straight from the CSR."""
-    H, W = shape
-    FH, FW = (int(v) for v in full)
-    if y0 < 0 or x0 < 0 or y0 + H > FH or x0 + W > FW:
-        raise ValueError(f"in_frame: a {H}x{W} crop at ({y0}, {x0}) does not fit in the "
-                         f"{FH}x{FW} frame")
-    rows = np.asarray(rows, np.int64).ravel()
-    out = np.zeros((rows.size, FH, FW), np.float32)
-    if rows.size:
-        sub = csr[rows]
-        r = np.repeat(np.arange(rows.size), np.diff(sub.indptr))
-        ys, xs = np.divmod(sub.indices.astype(np.int64), W)
-        out[r, ys + y0, xs + x0] = sub.data
-    return out
+    (y0, x0) of a zero frame of shape ``full`` (a crop undone), filled straight from the CSR
+    (:class:`FramedFootprints` gives the same stack block by block)."""
+    return np.asarray(FramedFootprints(csr, rows, shape, y0, x0, full))
+
+
+class FramedFootprints:
+    """A read-only (k, *full) float32 stack of footprints placed in the full frame, filled from
+    the CSR only where it is read: an export writes it one block of units at a time instead of
+    holding the dense stack (828 units of 608 x 608 px are 1.2 GB dense, a few MB as CSR).
+
+    Indexing takes units first (an int, slice or index array), then optional pixel slices, and
+    returns dense numpy; ``np.asarray`` gives the whole dense stack (for the writers that need
+    it at once)."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 3
+
+    def __init__(self, csr: sp.csr_matrix, rows: np.ndarray, shape: Shape, y0: int, x0: int,
+                 full: Shape):
+        H, W = shape
+        FH, FW = (int(v) for v in full)
+        if y0 < 0 or x0 < 0 or y0 + H > FH or x0 + W > FW:
+            raise ValueError(f"footprints: a {H}x{W} crop at ({y0}, {x0}) does not fit in the "
+                             f"{FH}x{FW} frame")
+        rows = np.asarray(rows, np.int64).ravel()
+        self._csr = sp.csr_matrix(csr[rows], dtype=np.float32) if rows.size else \
+            sp.csr_matrix((0, H * W), dtype=np.float32)
+        self._crop = (int(H), int(W), int(y0), int(x0))
+        self.shape = (int(rows.size), FH, FW)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def _dense(self, rows: np.ndarray) -> np.ndarray:
+        H, W, y0, x0 = self._crop
+        out = np.zeros((rows.size, *self.shape[1:]), np.float32)
+        if rows.size:
+            sub = self._csr[rows]
+            r = np.repeat(np.arange(rows.size), np.diff(sub.indptr))
+            ys, xs = np.divmod(sub.indices.astype(np.int64), W)
+            out[r, ys + y0, xs + x0] = sub.data
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = (key[0] if key else slice(None)), key[1:]
+        if any(k is Ellipsis or k is None for k in key):
+            raise IndexError("FramedFootprints: index with units, then height and width")
+        n = self.shape[0]
+        if isinstance(first, (int, np.integer)):
+            i = int(first) + (n if first < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"unit index {first} out of range for {n} units")
+            return self._dense(np.array([i]))[(0, *rest)]
+        rows = np.arange(n)[first]
+        return self._dense(np.atleast_1d(rows))[(slice(None), *rest)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self._dense(np.arange(self.shape[0]))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def blocks(self, units: int = CHUNK_UNITS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first unit, dense block of up to ``units`` units) in unit order."""
+        for i in range(0, self.shape[0], max(1, int(units))):
+            yield i, self[i:i + units]

@@ -17,12 +17,15 @@ the objective is ``0.5 a^T CC a - a^T (YC_p - ...) + lam . a`` (constant dropped
 2. `sufficient_statistics`: ONE streamed pass over the movie. Every frame chunk's task crops
    each plan's bounding box and multiplies it with the chunk of the cluster's traces (a small
    GEMM: crop pixels x cluster units, keeping the plan's pixels), plus per-pixel sums for the
-   mean and std; partial sums are added in a tree over the chunks, in float64. Memory: the
-   products are ``sum_plans pixels_in_plan * (units_in_cluster + 1) * 8`` bytes per partial
-   (tens of MB at 1000 units), plus one frame chunk per running task. Without plans, one plan
-   covers the whole frame and every unit: ``H * W * (n + 1) * 8`` bytes per partial (600 x 600
-   at n = 1000: 2.9 GB, and a tree reduction holds a few partials), so use it only for small
-   data. Cost: ``T * sum_plans pixels * units`` multiply-adds instead of ``T * H * W * n``.
+   mean and std, in float64. The chunks are dealt round-robin to a few chains (one per core,
+   at most 4), each adding its chunks' products into one accumulator in place; the chains are
+   summed at the end. Memory: the products are ``sum_plans pixels_in_plan * (units_in_cluster
+   + 1) * 8`` bytes per accumulator (tens of MB at 1000 units), plus one frame chunk per
+   running task; a tree of per-chunk partial sums held several times more (7e on a 10-minute
+   recording: 2.2 GB). Without plans, one plan covers the whole frame and every unit:
+   ``H * W * (n + 1) * 8`` bytes per accumulator (600 x 600 at n = 1000: 2.9 GB), so use it
+   only for small data. Cost: ``T * sum_plans pixels * units`` multiply-adds instead of
+   ``T * H * W * n``.
 3. `update_footprints`: per plan, the LASSO of all its pixels at once (vectorised cyclic
    coordinate descent over the cluster's units, from the current footprints). Units outside
    the cluster are held fixed: their contribution ``CC[cluster, fixed] a_fixed,p`` (from the
@@ -59,6 +62,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage as ndi
 
+from ..execution import default_workers
 from .clusters import check_labels
 from .sparse_footprints import as_csr, dense_unit, scatter_csr
 from .yra import footprints_csr, frame_chunked
@@ -220,14 +224,40 @@ def _plan_columns(plan: BoxPlan, n: int, with_f: bool) -> np.ndarray:
 
 
 def _stream_products(Yd, Cext, plans, cols, compute) -> np.ndarray:
-    """One task per frame chunk -> flat float64 partial sums, added in a tree."""
+    """One streamed pass: frame chunks dealt round-robin to a few chains, each adding its
+    chunks' flat float64 products into one accumulator in place; the chains summed last."""
     W = Yd.shape[2]
-    shared = dask.delayed((Cext, [_crop_of(p.pixels, W) for p in plans], cols), traverse=False)
+    sizes = [p.pixels.size * c.size for p, c in zip(plans, cols)]
+    shared = dask.delayed((Cext, [_crop_of(p.pixels, W) for p in plans], cols,
+                           np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)),
+                          traverse=False)
     starts = np.concatenate([[0], np.cumsum(Yd.chunks[0])])
-    parts = [dask.delayed(_chunk_products)(blk, shared, int(starts[i]))
-             for i, blk in enumerate(Yd.to_delayed().ravel())]
-    (flat,) = compute(_tree_sum(parts))
+    n_blocks = Yd.numblocks[0]
+    chains: list = [None] * min(n_blocks, _max_chains())
+    for i in range(n_blocks):
+        j = i % len(chains)
+        # each chain task reads its own chunk: as separate tasks the reads, ready at once,
+        # ran far ahead of the chains and held hundreds of chunks (7e: +3 GB, measured)
+        chains[j] = dask.delayed(_chunk_products, pure=False)(
+            chains[j], _BlockReader(Yd.blocks[i]), shared, int(starts[i]))
+    (flat,) = compute(_tree_sum(chains))
     return flat
+
+
+class _BlockReader:
+    """One frame chunk of a dask movie, read when called (inside the task that uses it).
+    Opaque to dask on purpose: it does not become a task of its own."""
+
+    def __init__(self, block: Any):
+        self.block = block
+
+    def __call__(self) -> np.ndarray:
+        return np.asarray(self.block.compute(scheduler="sync"))
+
+
+def _max_chains() -> int:
+    """Parallel accumulators: one per core, at most 4 (each holds all the products)."""
+    return min(default_workers(), 4)
 
 
 def _crop_of(pixels: np.ndarray, W: int) -> tuple[int, int, int, int, np.ndarray | None]:
@@ -240,18 +270,21 @@ def _crop_of(pixels: np.ndarray, W: int) -> tuple[int, int, int, int, np.ndarray
     return y0, y1, x0, x1, (None if local.size == (y1 - y0) * (x1 - x0) else local)
 
 
-def _chunk_products(block: np.ndarray, shared, t0: int) -> np.ndarray:
-    """Flat [products of every plan..., pixel sums, pixel sums of squares] for one chunk.
+def _chunk_products(acc: np.ndarray | None, block: np.ndarray, shared, t0: int) -> np.ndarray:
+    """``acc`` plus one chunk's flat [products of every plan..., pixel sums, pixel sums of
+    squares], added in place (``acc`` None: a new accumulator).
 
     A plan's pixels are taken as the tight bounding-box crop of the frames (copying contiguous
     rows is much cheaper than gathering scattered pixels); the GEMM runs on the whole crop and
     the plan's rows are picked from its small result."""
-    Cext, crops, cols = shared
-    block = np.asarray(block, np.float32)
+    Cext, crops, cols, offsets = shared
+    block = np.asarray(block() if callable(block) else block, np.float32)
     t = block.shape[0]
+    P = block.shape[1] * block.shape[2]
+    if acc is None:
+        acc = np.zeros(int(offsets[-1]) + 2 * P, np.float64)
     ct = np.ascontiguousarray(Cext[:, t0:t0 + t].T)  # (t, n [+1])
-    out = []
-    for (y0, y1, x0, x1, local), c in zip(crops, cols):
+    for (y0, y1, x0, x1, local), c, off, end in zip(crops, cols, offsets[:-1], offsets[1:]):
         crop = block[:, y0:y1, x0:x1].reshape(t, -1)
         cc = ct[:, c]
         prod = np.zeros((crop.shape[1], c.size), np.float64)
@@ -262,9 +295,12 @@ def _chunk_products(block: np.ndarray, shared, t0: int) -> np.ndarray:
             with _GEMM_LOCK:
                 part = crop[s:s + _SUB_FRAMES].T @ cc[s:s + _SUB_FRAMES]
             prod += part
-        out.append((prod if local is None else prod[local]).ravel())
-    out += _pixel_sums(block.reshape(t, -1))
-    return np.concatenate(out)
+        acc[off:end] += (prod if local is None else prod[local]).ravel()
+    s1, s2 = _pixel_sums(block.reshape(t, -1))
+    tail = int(offsets[-1])
+    acc[tail:tail + P] += s1
+    acc[tail + P:] += s2
+    return acc
 
 
 def _pixel_sums(flat: np.ndarray) -> list[np.ndarray]:
@@ -282,7 +318,7 @@ def _pixel_sums(flat: np.ndarray) -> list[np.ndarray]:
 
 
 def _tree_sum(parts: list, fan_in: int = 8):
-    """Delayed sum of delayed arrays, fan_in at a time (bounded number of live partials)."""
+    """Delayed sum of delayed arrays, fan_in at a time."""
     if not parts:
         raise ValueError("sufficient_statistics: the movie has no frames")
     while len(parts) > 1:

@@ -51,17 +51,17 @@ def nndsvd(U: np.ndarray, S: np.ndarray, Vt: np.ndarray, *, sparsity_threshold: 
     k = len(S)
     W = np.zeros((k, Vt.shape[1]), np.float32)
     Hm = np.zeros((k, U.shape[0]), np.float32)
-    for i in range(k):
-        Hm[i], W[i] = _pair(U[:, i], S[i], Vt[i], background=(i == 0))
+    for i in range(k):  # float64 one row at a time: a float64 copy of Vt is 300 MB at 608 px
+        Hm[i], W[i] = _pair(U[:, i], S[i], np.asarray(Vt[i], np.float64), background=(i == 0))
     W = W.reshape((k,) + shape)
     sparsify(W, sparsity_threshold)
     if regularisation_sigma is not None and k > 1:
-        W[1:] = _regularise(W[1:], regularisation_sigma, sparsity_threshold)
+        _regularise(W[1:], regularisation_sigma, sparsity_threshold)
     return W, Hm
 
 
 def _check(U, S, Vt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    U, S, Vt = np.asarray(U, np.float64), np.asarray(S, np.float64), np.asarray(Vt, np.float64)
+    U, S, Vt = np.asarray(U, np.float64), np.asarray(S, np.float64), np.asarray(Vt)
     if U.ndim != 2 or Vt.ndim != 2 or S.ndim != 1 or not (U.shape[1] == len(S) == Vt.shape[0]):
         raise ValueError(f"nndsvd: need U (T, k), S (k,), Vt (k, P); got {U.shape}, {S.shape}, {Vt.shape}")
     if len(S) == 0 or np.any(S < 0) or not np.all(np.isfinite(S)):
@@ -102,9 +102,8 @@ def sparsify(W: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _regularise(W: np.ndarray, sigma: float, threshold: float) -> np.ndarray:
-    """Gaussian-smooth each (H, W) component, then re-apply the sparsity threshold."""
-    out = np.empty_like(W)
+    """In place: Gaussian-smooth each (H, W) component, then re-apply the sparsity threshold."""
     for i, w in enumerate(W):
-        out[i] = cv2.GaussianBlur(w, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT_101)
-    np.maximum(out, 0, out=out)
-    return sparsify(out, threshold)
+        W[i] = cv2.GaussianBlur(w, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT_101)
+    np.maximum(W, 0, out=W)
+    return sparsify(W, threshold)

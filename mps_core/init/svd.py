@@ -40,7 +40,6 @@ Signs are fixed so the entry of largest magnitude of each row of ``Vt`` is posit
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import dask
@@ -48,6 +47,8 @@ import dask.array as da
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
+
+from ..execution import default_workers
 
 __all__ = ["randomized_svd", "store_fit_rows"]
 
@@ -88,16 +89,19 @@ def randomized_svd(movie: Any, k: int, *, n_oversample: int = 10, n_iter: int = 
     omega_t = rng.standard_normal((l, P), dtype=np.float32)  # Omega.T, (l, P) for fast BLAS
 
     y, ss = _rows_times(fit, omega_t, compute, want_ss=True)
+    del omega_t  # each (l, P) array is 160 MB at 608 x 608 px: none is kept past its use
     tracker.done("range finder")
     q = _orth(y)
     for i in range(int(n_iter)):
         z_t = _orth(_tmul(fit, q, compute).T).T  # (l, P)
         tracker.done(f"power iteration {i + 1}/{n_iter}")
         q = _orth(_rows_times(fit, z_t, compute)[0])
+        del z_t
         tracker.done(f"power iteration {i + 1}/{n_iter}")
     b = _tmul(fit, q, compute)  # (l, P) = Q.T X
     tracker.done("projection")
     ub, S, Vt = _small_svd(b)
+    del b
     U = q.astype(np.float64) @ ub
     U, S, Vt = U[:, :k], S[:k], Vt[:k]
 
@@ -239,11 +243,7 @@ def _tree(parts: list, add: Callable) -> Any:
 
 def _max_chains() -> int:
     """Parallel accumulators: one per core, at most _MAX_CHAINS (each is an (l, P) array)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, _MAX_CHAINS))
+    return min(default_workers(), _MAX_CHAINS)
 
 
 def _blocks(X: da.Array) -> list:

@@ -85,7 +85,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -108,6 +108,7 @@ TILE_MARGIN = 3.0  # tile margin, x d
 PICK_MARGIN = 1.5  # picks allowed this far into the margin, x d
 FULL_RATE_SMOOTH = 5  # moving-average length (frames) on a full-rate movie
 BIN_BATCH_BYTES = 512 * 2**20  # input frames averaged per batch of binned_movie
+TILE_COPIES = 4.5  # bytes a tile's search holds, x the tile's own (measured: 3.3 + the tile)
 
 
 @dataclass
@@ -138,8 +139,16 @@ def smooth_frames_for_bin(k: int, full_rate: int = FULL_RATE_SMOOTH) -> int:
     return max(1, int(round(full_rate / max(int(k), 1))))
 
 
+def bin_shape(n_frames: int, max_frames: int) -> tuple[int, int]:
+    """(k, number of bins) of ``binned_movie``: bins of ``k = ceil(T / max_frames)`` frames."""
+    k = math.ceil(n_frames / max_frames)
+    return k, math.ceil(n_frames / k)
+
+
 def binned_movie(movie, max_frames: int = 1000, compute: Callable | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
+                 progress: Callable[[int, int], None] | None = None,
+                 allocate: Callable[[tuple[int, int, int], int], Any] | None = None,
+                 ) -> tuple[Any, int]:
     """Mean of consecutive bins of ``k = ceil(T / max_frames)`` frames, as float32 (T', H, W).
 
     ``movie``: dask array (T, H, W) of any real dtype (a numpy / zarr array is wrapped).  One
@@ -147,7 +156,10 @@ def binned_movie(movie, max_frames: int = 1000, compute: Callable | None = None,
     parallel dask tasks of whole bins (the movie is rechunked to bin boundaries), so memory is
     one batch plus the output.  The last bin averages only its own frames.  ``compute`` turns a
     dask array into numpy (default ``.compute()``); ``progress(done_frames, total_frames)`` is
-    called after every batch.  Returns (binned movie, k).
+    called after every batch.  ``allocate(shape, bins_per_write)`` gives the float32 array
+    the bins are written into, whole batches of ``bins_per_write`` bins at a time (default: a
+    numpy array; a zarr array on disk keeps the binned movie out of memory).
+    Returns (binned movie, k).
     """
     import dask.array as da
 
@@ -164,13 +176,13 @@ def binned_movie(movie, max_frames: int = 1000, compute: Callable | None = None,
     if T < 1:
         raise ValueError("binned_movie: movie has no frames")
     compute = compute or (lambda x: x.compute())
-    k = math.ceil(T / max_frames)
-    n_bins = math.ceil(T / k)
+    k, n_bins = bin_shape(T, max_frames)
     frame_bytes = H * W * max(movie.dtype.itemsize, 4)
     # tasks of whole bins near the movie's own chunk length, batches of ~512 MB of frames
     task_bins = max(1, round(float(np.median(movie.chunks[0])) / k))
     batch_bins = max(task_bins, (BIN_BATCH_BYTES // frame_bytes) // k // task_bins * task_bins)
-    out = np.empty((n_bins, H, W), np.float32)
+    out = (allocate((n_bins, H, W), batch_bins) if allocate is not None
+           else np.empty((n_bins, H, W), np.float32))
     for b0 in range(0, n_bins, batch_bins):
         b1 = min(n_bins, b0 + batch_bins)
         part = movie[b0 * k:min(T, b1 * k)].rechunk({0: task_bins * k, 1: -1, 2: -1})
@@ -563,6 +575,25 @@ def default_tiling(cell_diameter: float) -> tuple[int, int]:
     """(tile core width, margin) in px for cell diameter d: ~20 d cores, 3 d margins."""
     d = float(cell_diameter)
     return max(int(round(TILE_CORE * d)), 32), int(math.ceil(TILE_MARGIN * d))
+
+
+def tile_plan(n_frames: int, shape: tuple[int, int], cell_diameter: float, budget: float,
+              max_workers: int) -> tuple[int, int, float]:
+    """(tile core width, workers, bytes per running tile) for ``greedy_seeds_tiled`` on a
+    (n_frames, *shape) movie within ``budget`` bytes: as many tiles at once as fit (at most
+    ``max_workers``), the default tile while one fits, else smaller tiles (never under 2
+    margins or 32 px; the budget is then exceeded rather than the search made useless)."""
+    tile, margin = default_tiling(cell_diameter)
+
+    def cost(t: int) -> float:
+        h, w = (min(n, t + 2 * margin) for n in shape)
+        return TILE_COPIES * n_frames * h * w * 4
+
+    floor = max(32, 2 * margin)
+    while cost(tile) > budget and tile > floor:
+        tile = max(floor, int(tile * 0.8))
+    workers = int(max(1, min(int(max_workers), budget // max(cost(tile), 1))))
+    return tile, workers, cost(tile)
 
 
 def tile_grid(H: int, W: int, tile: int, margin: int) -> list[tuple[tuple[slice, slice], tuple[slice, slice]]]:

@@ -22,10 +22,11 @@ import numpy as np
 import xarray as xr
 from pydantic import field_validator, model_validator
 
-from ..cnmf.noise import pixel_noise
+from ..cnmf.noise import SEGMENT_FRAMES, pixel_noise
 from ..figures import Figure, HistPanel, ImagePanel, TextPanel
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
+from ..store import pixel_tiles
 from . import sizes
 
 STAGE = "CNMF preparation"
@@ -99,9 +100,11 @@ def estimate_noise(p: NoiseParams, ctx, movie_cropped: xr.DataArray) -> dict:
     threshold = p.custom_threshold if p.background_threshold == "custom" \
         else p.background_threshold
     try:
-        sn = pixel_noise(movie_cropped, band=(p.noise_band[0], p.noise_band[1]),
-                         max_frames=p.max_frames, smoothing_sigma=p.smoothing_sigma,
-                         active_scale=p.scaling_factor, active_threshold=threshold,
+        # read tile by tile from the store: rechunking whole frames held 500 at once
+        sn = pixel_noise(pixel_tiles(movie_cropped, SEGMENT_FRAMES),
+                         band=(p.noise_band[0], p.noise_band[1]), max_frames=p.max_frames,
+                         smoothing_sigma=p.smoothing_sigma, active_scale=p.scaling_factor,
+                         active_threshold=threshold,
                          compute=lambda *c: ctx.compute(*c, message="noise spectrum"))
     except ValueError as e:  # too few frames for the band, ...
         raise StepError(f"noise estimation: {e}") from None

@@ -478,8 +478,9 @@ def run_export(p: ExportParams, ctx, A_refined: xr.DataArray, C_final: xr.DataAr
     # only the exported rows of the traces from here on: on long recordings the full (units,
     # frames) C and S beside their exported copies set 8c's peak (long:30: +0.5 GB over long:10)
     C, S = C[k], S[k]
-    # the one dense (units, H, W) copy, straight from the CSR, while the writers run
-    A_full = sf.in_frame(A, k, shape, y0, x0, full)
+    # the exported footprints in the input video's grid, filled from the CSR a block of units
+    # at a time as each writer reads them (828 units of 608 x 608 px are 1.2 GB dense)
+    A_full = sf.FramedFootprints(A, k, shape, y0, x0, full)
     del A
     data = ex.ExportData(
         A=A_full, C=C, S=S, unit_ids=ids[k],

@@ -463,6 +463,7 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
         if p.spatial_regularisation else None
     Wsp, Ht = nndsvd(U, S, Vt, sparsity_threshold=p.sparsity_threshold, spatial_shape=(h, w),
                      regularisation_sigma=sigma)
+    del U, Vt  # (k, pixels) each: not needed past the NNDSVD
     comp = np.arange(k)
     attrs = {"cell_diameter_px": d, "sparsity_threshold": p.sparsity_threshold,
              "regularisation_sigma_px": float(sigma) if sigma else 0.0,

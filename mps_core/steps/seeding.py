@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +39,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 import xarray as xr
+import zarr
 from pydantic import field_validator, model_validator
 
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
@@ -66,6 +69,8 @@ _MAX_OUTLINES = 300  # outlines drawn per preview panel
 # cell's blurred extent; the search's band-pass wants the soma (0.6 d: ~10 px on the simulated
 # CA1 recording where d is 17 px)
 GREEDY_SCALE = 0.6
+SEARCH_SHARE = 0.75  # of the memory limit, for 4e's binned movie and tile searches
+SCRATCH_TILE = 128  # px: spatial chunk of the binned movie on disk (tiles read from it)
 _STACK_UNITS = 8  # traces in a preview trace stack
 
 
@@ -653,22 +658,42 @@ def _supplement(p: ACInitParams, ctx, A: sp.csr_array, C: np.ndarray, shape: tup
         ctx.check_cancel()
         return x.compute()
 
-    Y, k = greedy.binned_movie(
-        movie_cropped.data, p.supplement_max_frames, compute=chunk,
-        progress=lambda done, total: ctx.progress(0.2 * done / max(total, 1),
-                                                  "supplementary seeds: averaging the movie in bins"))
-    ctx.check_cancel()
-    # no picks within a cell diameter of the edges: motion correction fills the pixels it uncovers
-    # there, and those jumps look like activity to the search (the regions still seed edge cells)
-    edge = max(1, int(np.ceil(d)))
-    exclude = np.ones(shape, bool)
-    exclude[edge:-edge, edge:-edge] = False
-    found = greedy.greedy_seeds_tiled(
-        Y, GREEDY_SCALE * d, min_pnr=p.supplement_min_pnr, exclude=exclude,
-        smooth_frames=greedy.smooth_frames_for_bin(k), workers=_local_threads(ctx),
-        progress=lambda i, n: (ctx.check_cancel(), ctx.progress(
-            0.2 + 0.6 * i / max(n, 1), f"supplementary seeds: searching tile {i}/{n}")))
-    del Y
+    # Memory: the binned movie, plus the tiles searched at once. Both fit in the search's share
+    # of the memory limit, or the binned movie goes to a scratch zarr of the session (tiles
+    # are read from it) and the tiles are searched one at a time, smaller if need be.
+    _, n_bins = greedy.bin_shape(movie_cropped.sizes["frame"], p.supplement_max_frames)
+    binned_bytes = n_bins * shape[0] * shape[1] * 4
+    budget = SEARCH_SHARE * ctx.memory_limit_bytes
+    _, _, one_tile = greedy.tile_plan(n_bins, shape, GREEDY_SCALE * d, budget, 1)
+    scratch = (Path(tempfile.mkdtemp(prefix=".binned-", dir=ctx.output_dir))
+               if ctx.output_dir is not None and binned_bytes + one_tile > budget else None)
+    tile, workers, _ = greedy.tile_plan(n_bins, shape, GREEDY_SCALE * d,
+                                        budget - (0 if scratch else binned_bytes),
+                                        _local_threads(ctx))
+    try:
+        Y, k = greedy.binned_movie(
+            movie_cropped.data, p.supplement_max_frames, compute=chunk,
+            progress=lambda done, total: ctx.progress(
+                0.2 * done / max(total, 1), "supplementary seeds: averaging the movie in bins"),
+            allocate=(lambda shp, rows: zarr.create_array(
+                scratch / "binned.zarr", shape=shp, dtype=np.float32, compressors=None,
+                chunks=(rows, SCRATCH_TILE, SCRATCH_TILE))) if scratch else None)
+        ctx.check_cancel()
+        # no picks within a cell diameter of the edges: motion correction fills the pixels it
+        # uncovers there, and those jumps look like activity to the search (the regions still
+        # seed edge cells)
+        edge = max(1, int(np.ceil(d)))
+        exclude = np.ones(shape, bool)
+        exclude[edge:-edge, edge:-edge] = False
+        found = greedy.greedy_seeds_tiled(
+            Y, GREEDY_SCALE * d, tile=tile, min_pnr=p.supplement_min_pnr, exclude=exclude,
+            smooth_frames=greedy.smooth_frames_for_bin(k), workers=workers,
+            progress=lambda i, n: (ctx.check_cancel(), ctx.progress(
+                0.2 + 0.6 * i / max(n, 1), f"supplementary seeds: searching tile {i}/{n}")))
+        del Y
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     ctx.progress(0.8, "supplementary seeds: traces")
     recompute = make_recompute(movie_cropped.data,
                                compute=lambda *c: ctx.compute(*c, message="extracting traces"))
@@ -677,6 +702,8 @@ def _supplement(p: ACInitParams, ctx, A: sp.csr_array, C: np.ndarray, shape: tup
                                            p.normalisation, p.supplement_min_skewness)
     info = {"supplement_found": len(found), "supplement_added": int(added.size),
             "supplement_bin_frames": int(k), "supplement_cell_scale_px": GREEDY_SCALE * d,
+            "supplement_tile_px": int(tile), "supplement_tiles_at_once": int(workers),
+            "supplement_binned_on_disk": scratch is not None,
             "n_from_regions": int(A.shape[0])}
     return A_all, C_all, info
 
