@@ -362,3 +362,25 @@ def test_quarantine_catches_vessel_streak_keeps_cells():
     for k in ("size", "solidity", "elongation", "snr", "drift"):
         np.testing.assert_allclose(table_sp[k], table[k])
     assert np.all(np.isnan(table_sp["contrast"]))
+
+
+def test_pair_correlation_in_batches_bounded_by_memory(monkeypatch):
+    """The pair correlations of 4g come in batches sized from the trace length (a fixed 4096
+    pairs of a 30-minute recording were two 1.2 GB slices); any batch gives the same values."""
+    from mps_core.seeding import merge
+
+    rng = np.random.default_rng(2)
+    C = rng.normal(size=(40, 500))
+    C[7] = 3.0  # flat: NaN
+    i, j = np.triu_indices(40, 1)
+    ref = np.array([np.corrcoef(C[a], C[b])[0, 1] if 7 not in (a, b) else np.nan
+                    for a, b in zip(i, j)])
+    for batch in (None, 1, 7, 10_000):
+        np.testing.assert_allclose(merge._pair_correlation(C, i, j, batch), ref, rtol=1e-12,
+                                   atol=1e-12)
+    # the default batch follows the trace length: 64 MB hold 116 pairs of 36,000 frames
+    seen = []
+    real = np.einsum
+    monkeypatch.setattr(np, "einsum", lambda spec, a, b: seen.append(len(a)) or real(spec, a, b))
+    merge._pair_correlation(np.zeros((100, 36_000)), *np.triu_indices(100, 1))
+    assert max(seen) == 116

@@ -192,8 +192,14 @@ def _overlap_pairs(A: sp.csr_array, overlap_threshold: float):
     return i[ok], j[ok], frac[ok]
 
 
-def _pair_correlation(C: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Pearson correlation of rows i and j of C (NaN for flat traces), in pair batches."""
+_BLOCK_BYTES = 64 * 2**20  # float64 working blocks of 4g: pair slices, demixed frames
+
+
+def _pair_correlation(C: np.ndarray, i: np.ndarray, j: np.ndarray,
+                      batch: int | None = None) -> np.ndarray:
+    """Pearson correlation of rows i and j of C (NaN for flat traces), in pair batches
+    (default: as many pairs as fit in 64 MB, so memory does not grow with the frames)."""
+    batch = batch or max(1, _BLOCK_BYTES // (2 * 8 * max(C.shape[1], 1)))
     out = np.empty(i.size)
     if i.size == 0:
         return out
@@ -218,18 +224,23 @@ def demixed_traces(M: sp.csr_array, C: np.ndarray) -> np.ndarray:
     """Least-squares demixed traces of footprints ``M`` (CSR (n, pixels)) whose traces ``C``
     follow the 4e convention (see the module docstring); rows with empty footprints or
     non-finite traces are left as they were (they never link)."""
-    C = np.asarray(C, np.float64)
-    ok = np.isfinite(C).all(axis=1) & (np.asarray(M.sum(axis=1)).ravel() > 0)
-    out = C.copy()
-    if ok.sum() == 0:
+    out = np.array(C, np.float64)  # the one (n, frames) copy: solved in place, in blocks
+    ok = np.isfinite(out).all(axis=1) & (np.asarray(M.sum(axis=1)).ravel() > 0)
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
         return out
-    Mk = M[np.flatnonzero(ok)].astype(np.float64)
+    Mk = M[rows].astype(np.float64)
     peak = np.asarray(Mk.max(axis=1).toarray()).ravel()
-    proj = (np.asarray(Mk.sum(axis=1)).ravel() * peak)[:, None] * C[ok]
+    scale = (np.asarray(Mk.sum(axis=1)).ravel() * peak)[:, None]
     G = (Mk @ Mk.T).tocsc()
     ridge = _RIDGE * float(G.diagonal().mean())
     G = G + ridge * sp.identity(G.shape[0], format="csc")
-    out[ok] = sp.linalg.splu(G).solve(proj)
+    lu = sp.linalg.splu(G)
+    # each frame's system is solved on its own, so blocks of frames give the same values
+    # while memory stays one copy of the traces (several copies were 1 GB on long:30)
+    step = max(1, _BLOCK_BYTES // (8 * rows.size))
+    for s in range(0, out.shape[1], step):
+        out[rows, s:s + step] = lu.solve(scale * out[rows, s:s + step])
     return out
 
 
