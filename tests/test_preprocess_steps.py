@@ -8,6 +8,7 @@ import pytest
 
 from mps_core.demo import shift_rmse
 from mps_core.params import ParamSet
+from mps_core.registry import StepError
 from mps_core.runner import Runner
 from mps_core.steps import STEPS
 from mps_core.store import REMOVED_FILE, SessionStore
@@ -255,3 +256,39 @@ def test_intermediate_movies_kept_by_default(done_session):
     _, _, store = done_session
     assert store.has("2a", "movie_raw") and store.has("2b", "movie_filtered")
     assert store.has("2e", "movie") and not store.released("2a", "movie_raw")
+
+
+def test_validation_statistics_equal_numpy_on_the_sample():
+    """2f's per-piece partial sums give the statistics numpy gives on the sampled frames,
+    NaN and Inf counted apart and left out of the statistics and the mean image."""
+    import dask.array as da
+    import xarray as xr
+
+    from mps_core.framewise import sample_indices
+    from mps_core.registry import SimpleContext
+    from mps_core.steps.validation import ValidationParams, validate
+
+    rng = np.random.default_rng(4)
+    T, H, W = 300, 12, 10
+    after = rng.normal(50, 5, (T, H, W)).astype(np.float32)
+    after[0, 3, 4], after[1, 0, 0], after[250, 5, 5] = np.nan, np.inf, -np.inf  # all sampled
+    before = rng.normal(60, 5, (T, H, W)).astype(np.float32)
+    frames = np.arange(T) * 2
+    mk = lambda a, c: xr.DataArray(da.from_array(a, chunks=(c, -1, -1)),
+                                   dims=("frame", "height", "width"), coords={"frame": frames})
+    out = validate(ValidationParams(sample_frames=120, fail_on_nonfinite=False), SimpleContext(),
+                   movie=mk(after, 25), movie_filtered=mk(before, 40))
+    idx = sample_indices(tuple([25] * 12), 120)
+    s = after[idx]
+    v = s[np.isfinite(s)].astype(np.float64)
+    got = out["validation"]
+    assert got["frames_sampled"] == 120 and (got["nan"], got["inf"]) == (1, 2)
+    np.testing.assert_allclose([got["mean"], got["std"], got["min"], got["max"]],
+                               [v.mean(), v.std(), v.min(), v.max()], rtol=1e-10)
+    proj = out["projections"]
+    np.testing.assert_allclose(proj["mean_before"].values, before[idx].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(proj["mean_after"].values,
+                               np.where(np.isfinite(s), s, 0).mean(0), rtol=1e-6)
+    with pytest.raises(StepError, match="1 NaN and 2 Inf"):
+        validate(ValidationParams(sample_frames=120), SimpleContext(), movie=mk(after, 25),
+                 movie_filtered=mk(before, 40))
