@@ -26,6 +26,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def accumulator_chains(limit: int = 4) -> int:
+    """Parallel in-place accumulators for a streamed sum over frame chunks (3b's SVD passes,
+    7e's statistics): one per core, at most ``limit`` (each holds a whole partial result)."""
+    return max(1, min(default_workers(), limit))
+
+
 class _LocalProgress(Callback):
     """Counts finished tasks of one local compute; raises Cancelled before the next task."""
 

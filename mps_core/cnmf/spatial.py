@@ -62,7 +62,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage as ndi
 
-from ..execution import default_workers
+from ..execution import accumulator_chains
 from .clusters import check_labels
 from .sparse_footprints import as_csr, dense_unit, scatter_csr
 from .yra import footprints_csr, frame_chunked
@@ -233,7 +233,7 @@ def _stream_products(Yd, Cext, plans, cols, compute) -> np.ndarray:
                           traverse=False)
     starts = np.concatenate([[0], np.cumsum(Yd.chunks[0])])
     n_blocks = Yd.numblocks[0]
-    chains: list = [None] * min(n_blocks, _max_chains())
+    chains: list = [None] * min(n_blocks, accumulator_chains())
     for i in range(n_blocks):
         j = i % len(chains)
         # each chain task reads its own chunk: as separate tasks the reads, ready at once,
@@ -253,11 +253,6 @@ class _BlockReader:
 
     def __call__(self) -> np.ndarray:
         return np.asarray(self.block.compute(scheduler="sync"))
-
-
-def _max_chains() -> int:
-    """Parallel accumulators: one per core, at most 4 (each holds all the products)."""
-    return min(default_workers(), 4)
 
 
 def _crop_of(pixels: np.ndarray, W: int) -> tuple[int, int, int, int, np.ndarray | None]:

@@ -48,14 +48,13 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import blas
 
-from ..execution import default_workers
+from ..execution import accumulator_chains
 
 __all__ = ["randomized_svd", "store_fit_rows"]
 
 ComputeFn = Callable[..., tuple]
 ProgressFn = Callable[[float, str], None]
 
-_MAX_CHAINS = 4  # parallel (l, P) accumulators of the X.T @ Q passes
 _PIX_BLOCK = 1 << 13  # pixels per block when forming the small Gram matrix in float64
 
 
@@ -222,7 +221,7 @@ def _tmul(X: da.Array, q: np.ndarray, compute: ComputeFn) -> np.ndarray:
     q32 = np.asarray(q, np.float32)
     bounds = np.cumsum((0,) + X.chunks[0])
     blocks = _blocks(X)
-    n_chains = min(len(blocks), _max_chains())
+    n_chains = min(len(blocks), accumulator_chains())
     chains: list = [None] * n_chains
     for i, b in enumerate(blocks):
         q_c = np.ascontiguousarray(q32[bounds[i]:bounds[i + 1]])
@@ -239,11 +238,6 @@ def _tree(parts: list, add: Callable) -> Any:
         pairs = [dask.delayed(add)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
         parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
     return parts[0]
-
-
-def _max_chains() -> int:
-    """Parallel accumulators: one per core, at most _MAX_CHAINS (each is an (l, P) array)."""
-    return min(default_workers(), _MAX_CHAINS)
 
 
 def _blocks(X: da.Array) -> list:
