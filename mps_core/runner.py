@@ -21,8 +21,9 @@ from typing import Any, Callable, Sequence
 from .execution import Execution
 from .memwatch import PeakMemory, limit_malloc_arenas, release_free_memory
 from .params import ParamSet
-from .preview_drawer import PreviewDrawer
-from .registry import Cancelled, Step, StepError, StepNotImplemented, chunk_frames_for
+from .preview_drawer import SEPARATE_DRAWING_MIN_GB, PreviewDrawer
+from .registry import (HOLD_SHARE, Cancelled, Step, StepError, StepNotImplemented,
+                       chunk_frames_for, hold_if_small)
 from .store import SessionStore, library_versions, released_message
 
 log = logging.getLogger("mps")
@@ -75,6 +76,12 @@ class RunContext:
 
     def chunk_frames(self, frame_bytes: int, copies: float = 4.0) -> int:
         return chunk_frames_for(self.execution.memory_limit_bytes, frame_bytes, copies)
+
+    def hold(self, data: Any, share: float = HOLD_SHARE) -> Any:
+        if self.execution.client is not None:
+            return data  # the data would travel to the cluster's workers at every pass
+        return hold_if_small(data, self.memory_limit_bytes, share,
+                             lambda d: self.compute(d, message="reading the movie"))
 
     @property
     def n_workers(self) -> int:
@@ -157,6 +164,7 @@ class Runner:
         results: list[StepResult] = []
         try:
             log.info("run %s..%s in %s", chosen[0].id, chosen[-1].id, self.store.root)
+            self.previews.separate = config.memory_limit_gb >= SEPARATE_DRAWING_MIN_GB
             with Execution(config.n_workers, config.memory_limit_gb,
                            config.scheduler_address) as ex:
                 if ex.dashboard_link:
@@ -202,7 +210,8 @@ class Runner:
                               "scheduler": execution.scheduler_address or "local threads"},
             }
             run.commit(manifest)
-            self.previews.submit(step, run.run_id, inputs, params)
+            self.previews.submit(step, run.run_id, inputs, params,
+                                 {n: f["step"] for n, f in fingerprints.items()})
         except Cancelled:
             run.abort()
             log.info("step %s cancelled; its previous result is unchanged", step.id)

@@ -177,6 +177,13 @@ def jsonable(o: Any) -> Any:
 # spatial tiles: a frame-wise pass reads whole shards as fast as whole-frame chunks, and one
 # pixel's time series reads only its tile (1/25 of a 600 px movie), not every frame.
 MOVIE_TILE = 128
+
+
+def movie_tiles(shape: tuple[int, ...]) -> list[int]:
+    """Tile edge per spatial axis: as few tiles as edges of at most MOVIE_TILE allow, of equal
+    size, so shards carry no padding (160 px in 128 px tiles stored and decoded 256 px, 2.6x
+    the pixels of the frame; in two 80 px tiles, none)."""
+    return [-(-n // -(-n // MOVIE_TILE)) for n in shape]
 # Float movies keep 11 significant bits (relative error <= 2^-11, 0.06 grey levels at 128):
 # far below the shot noise of any recording, and they compress about 2.5x better. Rounded in
 # the write tasks, not by a zarr filter: plain zarr reads them, and the filter (numcodecs
@@ -210,7 +217,7 @@ def _movie_encoding(var: xr.Variable) -> dict[str, Any] | None:
         return None
     data = var.data
     t = data.chunks[0][0]
-    tiles = [min(n, MOVIE_TILE) for n in data.shape[1:]]
+    tiles = movie_tiles(data.shape[1:])
     shard = [-(-n // k) * k for n, k in zip(data.shape[1:], tiles)]  # whole tiles per shard
     return {"chunks": (t, *tiles), "shards": (t, *shard),
             "compressors": [BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")]}
@@ -283,7 +290,8 @@ def pixel_tiles(movie: xr.DataArray, frames: int) -> xr.DataArray:
             arr = xr.open_zarr(path, consolidated=False, chunks=chunks)[var]
         if arr.shape == movie.shape and arr.dims == movie.dims:
             return arr
-    return movie.chunk({"frame": frames, "height": MOVIE_TILE, "width": MOVIE_TILE})
+    tile_h, tile_w = movie_tiles(movie.shape[1:])
+    return movie.chunk({"frame": frames, "height": tile_h, "width": tile_w})
 
 
 def _link_array(src: Path, dst: Path) -> bool:

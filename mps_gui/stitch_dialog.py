@@ -105,7 +105,11 @@ class StitchDialog(QDialog):
 
     def start(self, force: bool = False) -> None:
         if self.thread is not None and self.thread.isRunning():
-            return
+            if self.ok is None:
+                return  # still stitching
+            # its outcome is delivered and the thread is only returning: a new start must not
+            # be dropped (seen under load: the click was ignored and the old outcome stood)
+            self.thread.wait()
         self.ok = None
         self._force = force
         self.message.setText("Stitching...")

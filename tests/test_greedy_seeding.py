@@ -217,6 +217,19 @@ def test_tiled_threads_give_the_serial_result():
     np.testing.assert_array_equal(one.centres, two.centres)
 
 
+def test_one_tile_with_spare_workers_prepares_in_threads_to_the_same_result():
+    """A frame that fits one tile gives the idle workers to its preparation (blurs, medians)."""
+    cells = [(10, 10), (10, 45), (30, 30), (48, 20), (52, 52)]
+    Y = make_movie(cells, size=(64, 64), T=120, seed=5)
+    one = greedy_seeds_tiled(Y, D, tile=64, margin=8, workers=1)
+    three = greedy_seeds_tiled(Y, D, tile=64, margin=8, workers=3)
+    assert len(one) == len(three) >= len(cells)
+    assert (one.footprints != three.footprints).nnz == 0
+    np.testing.assert_array_equal(one.traces, three.traces)
+    np.testing.assert_array_equal(greedy_seeds(Y, D, threads=1).traces,
+                                  greedy_seeds(Y, D, threads=4).traces)
+
+
 def test_tiled_stops_when_progress_raises():
     Y = make_movie([(10, 10), (50, 50)], size=(96, 96), T=60, seed=4)
     seen = []

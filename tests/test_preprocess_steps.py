@@ -292,3 +292,48 @@ def test_validation_statistics_equal_numpy_on_the_sample():
     with pytest.raises(StepError, match="1 NaN and 2 Inf"):
         validate(ValidationParams(sample_frames=120), SimpleContext(), movie=mk(after, 25),
                  movie_filtered=mk(before, 40))
+
+
+def test_pipeline_previews_are_drawn_in_the_drawing_process(done_session):
+    """Registered steps are drawn in the separate drawing process (not this interpreter);
+    every preview is on disk when run() returns."""
+    import os
+
+    from mps_core import preview_drawer
+
+    rec, ps, store = done_session
+    pool = preview_drawer._pool
+    assert pool is not None and not getattr(pool, "_broken", False)
+    pids = {p.pid for p in pool._processes.values()}
+    assert pids and os.getpid() not in pids
+    for sid in ("2a", "2b", "2c", "2d", "2e", "2f"):
+        assert not list(store.step_dir(sid).glob(".preview_*")), sid  # no half-written PNG
+
+
+def test_previews_of_a_stale_or_unreadable_result_are_skipped_or_reported(done_session, tmp_path):
+    from mps_core.preview_drawer import draw_files
+
+    rec, ps, store = done_session
+    folder = store.step_dir("2c")
+    run_id = store.manifest("2c")["run_id"]
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("preview_*.png")}
+    # a newer run of the step owns the folder: the old job draws nothing
+    assert draw_files("2c", "an-older-run", str(folder), {}, {}, ps["2c"]) == []
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("preview_*.png")} == before
+    problems = draw_files("2c", run_id, str(folder), {"shifts": str(tmp_path / "gone.zarr")}, {},
+                          ps["2c"])
+    assert len(problems) == 1 and problems[0].startswith("previews could not be drawn")
+
+
+def test_previews_are_drawn_on_a_thread_under_a_small_memory_limit(tmp_path, monkeypatch):
+    """Below SEPARATE_DRAWING_MIN_GB the drawing process (~350 MB) is not used."""
+    from mps_core import preview_drawer
+
+    rec_dir = tmp_path / "rec"
+    _recording(rec_dir, n_frames=60, corrupt=[])
+    ps, store = _session(tmp_path, rec_dir)
+    ps = ps.with_values("1", {"memory_limit_gb": preview_drawer.SEPARATE_DRAWING_MIN_GB - 1})
+    monkeypatch.setattr(preview_drawer, "_process_pool",
+                        lambda: pytest.fail("the drawing process was used"))
+    Runner(STEPS, ps, store).run(stop="2a")
+    assert list(store.step_dir("2a").glob("preview_*.png"))

@@ -340,13 +340,15 @@ def test_round_mantissa_rounds_half_to_even_like_the_integer_formula():
 def test_movies_are_sharded_in_tiles_and_read_back_in_whole_frame_chunks(tmp_path):
     import zarr
 
-    from mps_core.store import MOVIE_TILE
+    from mps_core.store import MOVIE_TILE, movie_tiles
 
     m, arr = _movie()
     path, back = _put_and_load(tmp_path, arr)
     z = zarr.open_array(str(path / "movie"), mode="r")
-    assert z.chunks == (30, MOVIE_TILE, MOVIE_TILE)  # one pixel's series reads one tile
-    assert z.shards[0] == 30 and z.shards[1] >= 300 and z.shards[2] >= 200
+    assert z.chunks == (30, 100, 100)  # one pixel's series reads one tile
+    assert z.shards == (30, 300, 200)  # equal tiles: no padding stored
+    assert movie_tiles((160, 608, 256, 90)) == [80, 122, 128, 90]
+    assert all(t <= MOVIE_TILE for t in movie_tiles((1000, 129, 4096)))
     assert back.data.chunks[1:] == ((300,), (200,)) and back.data.chunks[0][0] == 30
     got = back.values
     finite = np.isfinite(m)

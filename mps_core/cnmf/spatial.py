@@ -60,6 +60,7 @@ from typing import Any, Callable
 import dask
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 from scipy import ndimage as ndi
 
 from ..execution import accumulator_chains
@@ -450,32 +451,56 @@ def nonneg_lasso_cd(G: np.ndarray, R: np.ndarray, lam: np.ndarray, mask: np.ndar
                     a0: np.ndarray, *, max_iter: int = 500, tol: float = 1e-4) -> np.ndarray:
     """Solve, for every row p at once, ``min 0.5 a^T G a - a^T R_p + lam_p . a``, ``a >= 0``,
     ``a_j = 0`` where ``mask[p, j]`` is False. Cyclic coordinate descent (exact per coordinate,
-    monotone); ``G`` (k, k) positive semi-definite, others (P, k). Returns (P, k) float64."""
+    monotone); ``G`` (k, k) positive semi-definite, others (P, k). Returns (P, k) float64.
+
+    All rows sweep together and stop together: after the first sweep in which no coordinate
+    moved by more than ``tol`` times the largest scaled value (``|a_pj| sqrt(G_jj)``)."""
     a = np.where(mask, np.maximum(a0, 0.0), 0.0)
     P, k = a.shape
     if P == 0 or k == 0:
         return a
+    G = np.ascontiguousarray(G, np.float64)
     d = np.diag(G).copy()
     scale = np.sqrt(np.maximum(d, 0.0))
     grad = a @ G  # (P, k) = G a_p for every pixel, kept up to date
-    active = np.arange(P)
-    for _ in range(int(max_iter)):
+    _lasso_sweeps(G, d, scale, np.ascontiguousarray(R, np.float64),
+                  np.ascontiguousarray(lam, np.float64), np.ascontiguousarray(mask, np.bool_),
+                  a, grad, int(max_iter), float(tol))
+    return a
+
+
+@njit(cache=True, nogil=True)
+def _lasso_sweeps(G, d, scale, R, lam, mask, a, grad, max_iter, tol):  # pragma: no cover - numba
+    # Compiled loops; the rows are independent within a sweep, so visiting them row by row
+    # gives the same values, bit for bit, as updating one coordinate of all rows at a time
+    # (the vectorised form spent 70 % of step 7e in numpy's indexing).
+    P, k = a.shape
+    for _ in range(max_iter):
         biggest = 0.0
-        for j in range(k):
-            if d[j] <= 0:
-                continue
-            old = a[active, j]
-            new = np.maximum((R[active, j] - lam[active, j] - grad[active, j] + d[j] * old) / d[j], 0.0)
-            new = np.where(mask[active, j], new, 0.0)
-            delta = new - old
-            if np.any(delta):
-                a[active, j] = new
-                grad[active] += delta[:, None] * G[j][None, :]
-                biggest = max(biggest, float(np.max(np.abs(delta))) * scale[j])
-        size = float(np.max(np.abs(a) * scale[None, :])) if a.size else 0.0
+        for p in range(P):
+            for j in range(k):
+                if d[j] <= 0:
+                    continue
+                old = a[p, j]
+                new = 0.0
+                if mask[p, j]:
+                    new = max((R[p, j] - lam[p, j] - grad[p, j] + d[j] * old) / d[j], 0.0)
+                delta = new - old
+                if delta != 0.0:
+                    a[p, j] = new
+                    for i in range(k):
+                        grad[p, i] += delta * G[j, i]
+                    step = abs(delta) * scale[j]
+                    if step > biggest:
+                        biggest = step
+        size = 0.0
+        for p in range(P):
+            for j in range(k):
+                v = abs(a[p, j]) * scale[j]
+                if v > size:
+                    size = v
         if biggest <= tol * max(size, 1e-300):
             break
-    return a
 
 
 def _results_csr(results: list[BoxFootprints], previous: sp.csr_matrix) -> sp.csr_matrix:

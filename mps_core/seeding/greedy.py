@@ -229,25 +229,45 @@ def _check_movie(Y, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------ image helpers
-def _blur_frames(X: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
+def _blur_frames(X: np.ndarray, sigma: float, out: np.ndarray | None = None,
+                 threads: int = 1) -> np.ndarray:
     """Per-frame Gaussian blur (edge pixels replicated, kernel truncated at 3 sigma)."""
     out = np.empty(X.shape, np.float32) if out is None else out
     r = max(int(math.ceil(3 * sigma)), 1)
-    for t in range(X.shape[0]):
-        out[t] = cv2.GaussianBlur(np.ascontiguousarray(X[t], np.float32), (2 * r + 1, 2 * r + 1),
-                                  sigma, borderType=cv2.BORDER_REPLICATE)
+
+    def blur(frames: range) -> None:
+        for t in frames:
+            out[t] = cv2.GaussianBlur(np.ascontiguousarray(X[t], np.float32),
+                                      (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REPLICATE)
+    T = X.shape[0]
+    step = -(-T // max(int(threads), 1))
+    _in_threads(blur, [range(t, min(t + step, T)) for t in range(0, T, step)], threads)
     return out
+
+
+def _in_threads(fn, parts: list, threads: int) -> None:
+    """fn(part) for every part, on up to `threads` threads (OpenCV and numpy's partition
+    release the GIL). A tile searched alone (a small movie is one tile) had one core idle."""
+    if threads <= 1 or len(parts) <= 1:
+        for part in parts:
+            fn(part)
+        return
+    with ThreadPoolExecutor(min(int(threads), len(parts)), thread_name_prefix="mps-tile") as pool:
+        for done in [pool.submit(fn, part) for part in parts]:
+            done.result()
 
 
 def _blur_image(img: np.ndarray, sigma: float) -> np.ndarray:
     return _blur_frames(img[None], sigma)[0]
 
 
-def _rowwise(X: np.ndarray, fn, rows: int = 16) -> np.ndarray:
+def _rowwise(X: np.ndarray, fn, rows: int = 16, threads: int = 1) -> np.ndarray:
     """Apply a time-reducing fn (T, r, w) -> (r, w) over blocks of rows (bounds temporaries)."""
     out = np.empty(X.shape[1:], np.float32)
-    for i in range(0, X.shape[1], rows):
+
+    def block(i: int) -> None:
         out[i:i + rows] = fn(X[:, i:i + rows])
+    _in_threads(block, list(range(0, X.shape[1], rows)), threads)
     return out
 
 
@@ -265,24 +285,24 @@ def _median_t(b: np.ndarray) -> np.ndarray:
     return np.median(np.ascontiguousarray(b.transpose(1, 2, 0)), axis=-1, overwrite_input=True)
 
 
-def _subtract_temporal_median(X: np.ndarray) -> None:
+def _subtract_temporal_median(X: np.ndarray, threads: int = 1) -> None:
     """X -= per-pixel median over time (in place; the baseline of each pixel).
 
     On long movies the median of every s-th frame (<= MEDIAN_SAMPLES samples) is used: a
     baseline estimate does not need every frame and the partition is a large share of the cost.
     """
     s = _stride(X.shape[0])
-    X -= _rowwise(X, lambda b: _median_t(b[::s]))[None]
+    X -= _rowwise(X, lambda b: _median_t(b[::s]), threads=threads)[None]
 
 
-def _noise_level(X: np.ndarray) -> np.ndarray:
+def _noise_level(X: np.ndarray, threads: int = 1) -> np.ndarray:
     """Robust per-pixel noise SD: MAD of frame-to-frame differences / sqrt(2)."""
     s = _stride(X.shape[0] - 1)
 
     def mad(b):
         d = np.diff(b, axis=0)[::s]
         return _median_t(np.abs(d - _median_t(d)[None])) * np.float32(1.4826 / np.sqrt(2.0))
-    return _rowwise(X, mad) + np.float32(1e-6)
+    return _rowwise(X, mad, threads=threads) + np.float32(1e-6)
 
 
 def local_correlation(F: np.ndarray, sn: np.ndarray, k: float = CORR_THRESHOLD_SD) -> np.ndarray:
@@ -362,13 +382,13 @@ class _Greedy:
     """Working state of the greedy loop on one in-memory (T, h, w) tile."""
 
     def __init__(self, Y: np.ndarray, d: float, min_pnr: float, min_corr: float,
-                 smooth_frames: int, exclude: np.ndarray | None):
+                 smooth_frames: int, exclude: np.ndarray | None, threads: int = 1):
         self.d, self.min_pnr, self.min_corr = d, min_pnr, min_corr
         self.s1, self.s2 = BAND_LOW * d, BAND_HIGH * d
         self.R_patch = int(round(PATCH_WIDTH * d / 2))
         self.smooth = int(smooth_frames)
         self.min_area = MIN_AREA * math.pi * (d / 2) ** 2
-        self.R, self.F, self.sn = _prepare(Y, d, self.smooth)
+        self.R, self.F, self.sn = _prepare(Y, d, self.smooth, threads)
         self.pnr = self.F.max(0) / self.sn
         self.corr = local_correlation(self.F, self.sn)
         self.blocked = np.zeros(self.sn.shape, bool) if exclude is None else exclude.copy()
@@ -456,16 +476,16 @@ class _Greedy:
         return A
 
 
-def _prepare(Y: np.ndarray, d: float, smooth: int):
+def _prepare(Y: np.ndarray, d: float, smooth: int, threads: int = 1):
     """R (background-removed residual), F (band-passed, smoothed) and the noise SD of F."""
     Y = np.asarray(Y)
-    R = _blur_frames(Y, BACKGROUND_SIGMA * d)
+    R = _blur_frames(Y, BACKGROUND_SIGMA * d, threads=threads)
     np.subtract(Y, R, out=R, dtype=np.float32)
-    _subtract_temporal_median(R)
-    F = _blur_frames(Y, BAND_LOW * d)
-    F -= _blur_frames(Y, BAND_HIGH * d)
-    _subtract_temporal_median(F)
-    sn = _noise_level(F)
+    _subtract_temporal_median(R, threads)
+    F = _blur_frames(Y, BAND_LOW * d, threads=threads)
+    F -= _blur_frames(Y, BAND_HIGH * d, threads=threads)
+    _subtract_temporal_median(F, threads)
+    sn = _noise_level(F, threads)
     if smooth > 1:
         ndimage.uniform_filter1d(F, smooth, axis=0, output=F)
         sn /= np.float32(np.sqrt(smooth))
@@ -535,7 +555,8 @@ def _restrict_to_disks(A: np.ndarray, centres, radius: float) -> np.ndarray:
 # -------------------------------------------------------------------------------- public API
 def greedy_seeds(Y: np.ndarray, cell_diameter: float, *, min_pnr: float = 8.0, min_corr: float = 0.5,
                  max_seeds: int | None = None, smooth_frames: int = FULL_RATE_SMOOTH,
-                 refine_iterations: int = 10, exclude: np.ndarray | None = None) -> GreedyResult:
+                 refine_iterations: int = 10, exclude: np.ndarray | None = None,
+                 threads: int = 1) -> GreedyResult:
     """Greedy seeds of an in-memory (T', h, w) movie tile (see the module doc for the method).
 
     ``Y``: (T', h, w) real array (float32 avoids a copy), T' >= 2; not modified.
@@ -544,6 +565,7 @@ def greedy_seeds(Y: np.ndarray, cell_diameter: float, *, min_pnr: float = 8.0, m
     moving-average length for picking (use ``smooth_frames_for_bin(k)`` on a binned movie).
     ``refine_iterations``: rounds of the joint footprint refinement (0 = none).  ``exclude``:
     optional boolean (h, w) mask where no seed may be picked (footprints may still reach it).
+    ``threads``: threads for the per-frame and per-pixel preparation (same result for any).
     Returns a :class:`GreedyResult` with dense (n, h, w) footprints.
     """
     _check_params(cell_diameter, min_pnr, min_corr, max_seeds, smooth_frames, refine_iterations)
@@ -555,7 +577,7 @@ def greedy_seeds(Y: np.ndarray, cell_diameter: float, *, min_pnr: float = 8.0, m
                              f"got {exclude.dtype} {exclude.shape}")
     d = float(cell_diameter)
     Y = np.asarray(Y, np.float32)
-    g = _Greedy(Y, d, float(min_pnr), float(min_corr), int(smooth_frames), exclude)
+    g = _Greedy(Y, d, float(min_pnr), float(min_corr), int(smooth_frames), exclude, threads)
     g.run(max_seeds)
     del g.F  # not needed any more; frees a tile-sized array before the refinement
     A0 = g.dense_footprints()
@@ -656,8 +678,9 @@ def greedy_seeds_tiled(Y: np.ndarray, cell_diameter: float, tile: int | None = N
            allowed[1].start - ext[1].start:allowed[1].stop - ext[1].start] = False
         if user_ex is not None:
             ex |= user_ex[ext]
-        return greedy_seeds(Y[:, ext[0], ext[1]], d, exclude=ex, **kw)
+        return greedy_seeds(Y[:, ext[0], ext[1]], d, exclude=ex, threads=inner, **kw)
 
+    inner = max(1, int(workers) // len(grid))  # fewer tiles than workers: share out the rest
     rows, cols, vals, traces, centres, pnr, corr = [], [], [], [], [], [], []
     n_kept = 0
     pool = ThreadPoolExecutor(int(workers), thread_name_prefix="mps-greedy")

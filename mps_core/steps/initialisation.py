@@ -439,6 +439,8 @@ def nndsvd_init(p: NNDSVDParams, ctx, movie_cropped: xr.DataArray, cell_size: di
                         f"for NNDSVD; lower frame_subsample")
     if k < p.n_components:
         ctx.warn(f"n_components={p.n_components} reduced to {k}: only {t_fit} frames are used")
+    if step == 1:  # every pass reads every frame: a small movie is read from the store once
+        data = ctx.hold(data)
     n_passes = 2 * p.power_iterations + 2 + (step > 1)
     done = [0]
 
