@@ -142,7 +142,6 @@ class SimpleContext:
         return hold_if_small(data, self.memory_limit_bytes, share, self.compute)
 
 
-
 def chunk_frames_for(memory_limit_bytes: int, frame_bytes: int, copies: float = 4.0,
                      workers: int = 1) -> int:
     """Frames per chunk so that `copies` copies of a chunk per worker fit in a quarter of memory.

@@ -184,6 +184,8 @@ def movie_tiles(shape: tuple[int, ...]) -> list[int]:
     size, so shards carry no padding (160 px in 128 px tiles stored and decoded 256 px, 2.6x
     the pixels of the frame; in two 80 px tiles, none)."""
     return [-(-n // -(-n // MOVIE_TILE)) for n in shape]
+
+
 # Float movies keep 11 significant bits (relative error <= 2^-11, 0.06 grey levels at 128):
 # far below the shot noise of any recording, and they compress about 2.5x better. Rounded in
 # the write tasks, not by a zarr filter: plain zarr reads them, and the filter (numcodecs
