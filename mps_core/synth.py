@@ -85,7 +85,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.signal import lfilter
 
 __all__ = ["Recording", "simulate", "write_miniscope"]
 
@@ -306,6 +305,8 @@ def _make_spikes(rng, n_cells, n_frames, rate_per_frame) -> np.ndarray:
 
 def _ar_calcium(spikes, g) -> np.ndarray:
     """c[t] = sum_i g_i c[t-i] + s[t] (zero initial state), computed in float64."""
+    from scipy.signal import lfilter  # only for simulated recordings: a slow import
+
     a = np.concatenate([[1.0], -np.asarray(g, np.float64)])
     return lfilter([1.0], a, spikes.astype(np.float64), axis=-1).astype(np.float32)
 

@@ -65,9 +65,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy import signal
 
-from .ar import check_g, estimate_ar, impulse_response, noise_psd
+from .ar import check_g, estimate_ar, impulse_response, linear_filter, noise_psd
 
 try:
     from numba import njit
@@ -135,12 +134,12 @@ class BatchResult:
 
 def apply_g(c: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``s = G c``: s_t = c_t - g_1 c_{t-1} - g_2 c_{t-2}, zeros before t = 0."""
-    return signal.lfilter(np.concatenate([[1.0], -g]), [1.0], c)
+    return linear_filter(np.concatenate([[1.0], -g]), [1.0], c)
 
 
 def convolve_ar(s: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``c = K s``: the AR recursion c_t = s_t + g_1 c_{t-1} + g_2 c_{t-2}."""
-    return signal.lfilter([1.0], np.concatenate([[1.0], -g]), s)
+    return linear_filter([1.0], np.concatenate([[1.0], -g]), s)
 
 
 def objective(y: np.ndarray, c: np.ndarray, b0: float, c0: float, g: np.ndarray,

@@ -36,8 +36,8 @@ import dask.array as da
 import numpy as np
 import scipy.fft
 from scipy import ndimage as ndi
-from scipy.signal import get_window
 
+from .ar import hann
 from .yra import frame_chunked
 
 __all__ = ["pixel_noise", "SEGMENT_FRAMES"]
@@ -130,7 +130,7 @@ def _tile_stats(x: np.ndarray, band: slice) -> np.ndarray:
     xf = np.array(x, np.float32)  # own copy: modified in place below
     mean = xf.mean(axis=0, dtype=np.float64)
     xf -= mean.astype(np.float32)
-    w = get_window("hann", xf.shape[0], fftbins=True)
+    w = hann(xf.shape[0])
     xf *= w.astype(np.float32)[:, None, None]
     spec = scipy.fft.rfft(xf, axis=0)[band]
     power = (spec.real**2 + spec.imag**2).mean(axis=0, dtype=np.float64)

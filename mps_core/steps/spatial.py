@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import xarray as xr
 from pydantic import model_validator
 from scipy.sparse.csgraph import connected_components
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from ..cnmf import clusters as cl
 from ..cnmf import sparse_footprints as sf
@@ -552,7 +552,7 @@ def suggest_spatial(std: np.ndarray, sn: np.ndarray, A: np.ndarray | sp.spmatrix
     area = float(np.median(areas))
     candidates = max(_DILATED_AREA_FACTOR * area, 2.0)
     k = _FALSE_PIXELS[preference]
-    z = _round3(float(np.clip(norm.isf(min(k / candidates, 0.5)), 0.5, 6.0)))
+    z = _round3(float(np.clip(-ndtri(min(k / candidates, 0.5)), 0.5, 6.0)))
     lo_pct, hi_pct = _CLIP_PERCENTILES[preference]
     live_sn = sn[live] if live.any() else sn.ravel()
     q_lo, q_hi = (float(v) for v in np.percentile(live_sn, [lo_pct, hi_pct]))
