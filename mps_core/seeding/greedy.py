@@ -240,7 +240,7 @@ def _blur_frames(X: np.ndarray, sigma: float, out: np.ndarray | None = None,
             out[t] = cv2.GaussianBlur(np.ascontiguousarray(X[t], np.float32),
                                       (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REPLICATE)
     T = X.shape[0]
-    step = -(-T // max(int(threads), 1))
+    step = max(1, -(-T // max(int(threads), 1)))  # no frames: no parts
     _in_threads(blur, [range(t, min(t + step, T)) for t in range(0, T, step)], threads)
     return out
 
