@@ -189,6 +189,46 @@ def test_bin_is_the_block_mean(dtype, factor):
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-4)
 
 
+def test_flatten_undoes_a_fixed_gain_pattern():
+    from mps_core.motion.estimate import _flatten
+
+    yy, xx = np.mgrid[:96, :96]
+    vignette = 1 - 0.6 * ((yy - 48) ** 2 + (xx - 48) ** 2) / 48**2
+    flat = _flatten((5.0 * vignette)[None].astype(np.float32), 10.0)[0]
+    assert flat.dtype == np.float32
+    inner = flat[20:76, 20:76]  # the pattern varies by 35 % here; its ratio to a blur of it, barely
+    assert 0.95 <= inner.min() and inner.max() <= 1.1 and np.ptp(inner) <= 0.03, np.ptp(inner)
+    # A frame of mean <= 0 is rescaled, not blown up by a near-zero local mean.
+    neg = _flatten(-np.ones((1, 64, 64), np.float32), 10.0)
+    assert np.isfinite(neg).all() and np.abs(neg).max() <= 10.0
+
+
+def test_flatten_removes_the_pull_of_vignetting():
+    # Illumination fall-off fixed to the sensor multiplies the moving tissue, and the
+    # tissue's overall brightness changes from frame to frame (population activity): the
+    # pattern's imprint does not move and pulls shifts towards zero. Dividing by the local
+    # mean removes it.
+    rng = np.random.default_rng(0)
+    n, size, pad = 120, 96, 24
+    motion = rng.normal(0, 2.0, (n, 2))
+    canvas = make_scene(size + 2 * pad, size + 2 * pad, 0) + 3.0
+    frames = fourier_shift(canvas, motion)[:, pad : pad + size, pad : pad + size]
+    yy, xx = np.mgrid[:size, :size]
+    vignette = 1 - 0.6 * ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size / 2) ** 2
+    gain = 1 + 0.4 * rng.uniform(-1, 1, n)[:, None, None]
+    frames = (frames * vignette * gain + rng.normal(0, 0.3, frames.shape)).astype(np.float32)
+    movie = da.from_array(frames, chunks=(60, -1, -1))
+    kw = dict(max_shift=10, group_size=30, lowpass=2, highpass=10, whiten=0.25)
+
+    def rmse(flatten):
+        err = offset_free_error(estimate_shifts(movie, flatten=flatten, **kw), -motion)
+        return float(np.sqrt(np.mean(err**2)))
+
+    flat, plain = rmse(10.0), rmse(0.0)
+    assert flat <= 0.07, flat
+    assert plain >= 1.5 * flat, (plain, flat)
+
+
 def test_estimate_shifts_clips_to_max_shift():
     canvas = make_scene(150, 150, seed=5)
     rng = np.random.default_rng(5)
@@ -209,6 +249,7 @@ def test_estimate_shifts_validation(drift_movie):
         ({"group_size": 1}, "group_size"),
         ({"mesh": (0, 2)}, "mesh"),
         ({"spatial_downsample": 0}, "spatial_downsample"),
+        ({"flatten": -1}, "flatten"),
     ]:
         with pytest.raises(ValueError, match=word):
             estimate_shifts(movie, **kw)

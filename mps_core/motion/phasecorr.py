@@ -23,13 +23,12 @@ Method (Kuglin & Hines 1975; Guizar-Sicairos, Thurman & Fienup, Opt. Lett. 33:15
    multiplied by a Gaussian band-pass weight: the high-pass removes what is left of the
    smooth background, the low-pass removes the pixel-scale frequencies that hold mostly
    noise once cells (~10 px) are the only texture. Full whitening amplifies those noisy
-   bins. Less whitening follows the true motion more closely on the bench recordings
-   (per-axis RMSE, high-pass 6 px: plain correlation quick 0.064, CA1 0.39, cortex 0.68
-   px; 0.5 with the 15 px default: 0.15 / 0.42 / 0.73) yet the cells found afterwards were
-   worse (cortex F1 0.535 -> 0.40, footprint IoU 0.71 -> 0.60; CA1 IoU 0.72 -> 0.69):
-   plain correlation leans on whichever cells are bright in a frame. 0.5 is kept. The
-   band also lets the spectrum be cropped to the columns where the weight is not
-   negligible (less work below).
+   bins; plain correlation leans on whichever cells are bright in a frame. On the bench
+   recordings (raw frames flattened as in step 2c, band 2-10 px) 0.25 was best or close to
+   it on all three: motion RMSE 0.09 / 0.25 / 0.35 px on quick / CA1 / cortex, against
+   0.13 / 0.28 / 0.41 at 0.5 and 0.07 / 0.26 / 0.37 at 0. This module's default stays 0.5
+   (2c passes its own). The band also lets the spectrum be cropped to the columns where
+   the weight is not negligible (less work below).
 4. Integer peak of the correlation surface, searched only within ``+-max_shift`` (or
    within a radius of a prior estimate). Only the rows needed are inverse transformed
    along the second axis.
@@ -64,7 +63,7 @@ __all__ = [
 DEFAULT_TAPER = 0.25  # Tukey alpha: fraction of each axis inside the cosine ramps
 DEFAULT_LOWPASS = 1.0  # px, Gaussian sigma of the low-pass (removes pixel noise)
 DEFAULT_HIGHPASS = 15.0  # px, Gaussian sigma of the high-pass (removes smooth background)
-DEFAULT_WHITEN = 0.5  # exponent of |cross| in the normalisation (1 = phase only)
+DEFAULT_WHITEN = 0.5  # exponent of |cross| in the normalisation (1 = phase only); 2c uses 0.25
 _COARSE_UPSAMPLE = 8  # first refinement stage: 1/8 px over +-1 px
 _WEIGHT_FLOOR = 1e-3  # band weights below this (relative) are cropped away
 
@@ -218,7 +217,13 @@ def _normalised_cross_power(
         # A tiny floor keeps empty bins (constant frames) at zero instead of NaN.
         floor = np.maximum(np.float32(1e-20) * mag.max(axis=(1, 2), keepdims=True), np.float32(1e-30))
         # |cross| * weight / |cross|**p = weight * |cross|**(1-p): also the scale below.
-        kept = np.sqrt(mag) if whiten == 0.5 else mag ** np.float32(1 - whiten)  # sqrt: ~5x faster
+        if whiten == 0.5:  # square roots: ~5x faster than a power
+            kept = np.sqrt(mag)
+        elif whiten == 0.25:
+            kept = np.sqrt(mag)
+            kept *= np.sqrt(kept)
+        else:
+            kept = mag ** np.float32(1 - whiten)
         kept *= plan.weight
         scale = (kept * plan.hermitian).sum(axis=(1, 2), dtype=np.float64)
         mag += floor
