@@ -229,6 +229,36 @@ def test_flatten_removes_the_pull_of_vignetting():
     assert plain >= 1.5 * flat, (plain, flat)
 
 
+def _striped(frames: np.ndarray, amplitude: float, seed: int = 3) -> np.ndarray:
+    """Frames plus a random offset on every row of every frame (a wireless read-out)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((len(frames), frames.shape[1], 1)).astype(np.float32)
+    return frames + amplitude * float(frames.std()) * rows
+
+
+def test_row_stripe_ratio_tells_row_offsets_from_noise():
+    from mps_core.motion.estimate import STRIPE_RATIO, row_stripe_ratio
+
+    frames, _ = make_movie(64, size=96, seed=3)
+    assert row_stripe_ratio(frames) < 2
+    assert row_stripe_ratio(_striped(frames, 0.5)) > STRIPE_RATIO
+    with pytest.raises(ValueError, match="T >= 2"):
+        row_stripe_ratio(frames[:1])
+
+
+def test_destripe_keeps_row_offsets_from_driving_the_shifts():
+    frames, true = make_movie(120, size=96, seed=3)
+    movie = da.from_array(_striped(frames, 2.0), chunks=(60, -1, -1))
+    kw = dict(max_shift=10, group_size=30, lowpass=2, highpass=10, whiten=0.25)
+
+    def rmse(destripe):
+        err = offset_free_error(estimate_shifts(movie, destripe=destripe, **kw), true)
+        return float(np.sqrt(np.mean(err**2)))
+
+    on, off = rmse(True), rmse(False)
+    assert on <= 0.05 and off >= 2 * on, (on, off)
+
+
 def test_estimate_shifts_clips_to_max_shift():
     canvas = make_scene(150, 150, seed=5)
     rng = np.random.default_rng(5)
@@ -465,3 +495,26 @@ def test_step_2c_estimates_on_the_chosen_source(drift_movie):
     still_s = STEP_2C(MotionParams(source="filtered"), SimpleContext(), **kw)["shifts"]
     assert np.abs(still_s.values).max() < 0.05
 
+
+def test_step_2c_destripes_only_striped_movies(drift_movie):
+    import xarray as xr
+
+    from mps_core.registry import SimpleContext
+    from mps_core.steps.motion import STEP_2C, MotionParams
+
+    _, frames, true = drift_movie
+    frames = frames + 3.0  # a fluorescence baseline, for 2c's division by the local mean
+    n = len(frames)
+    dims = ("frame", "height", "width")
+    index = xr.Dataset({"removed": ("frame", np.zeros(n, np.int8))}, coords={"frame": np.arange(n)})
+    for movie, striped in ((frames, False), (_striped(frames, 2.0), True)):
+        arr = xr.DataArray(da.from_array(movie, chunks=(90, -1, -1)), dims=dims,
+                           coords={"frame": np.arange(n)})
+        out = STEP_2C(MotionParams(), SimpleContext(), movie_filtered=arr, movie_raw=arr,
+                      frame_index=index)["shifts"]
+        assert out.attrs["destripe"] is striped
+        err = offset_free_error(out.values, true)
+        assert np.sqrt((err**2).mean()) < 0.1
+    forced = STEP_2C(MotionParams(destripe="off"), SimpleContext(), movie_filtered=arr,
+                     movie_raw=arr, frame_index=index)["shifts"]
+    assert forced.attrs["destripe"] is False and forced.attrs["row_stripe_ratio"] is None

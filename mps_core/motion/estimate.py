@@ -61,7 +61,7 @@ from . import phasecorr as pc
 from .apply import apply_shifts, covered_mask
 from .outliers import robust_sigma
 
-__all__ = ["estimate_shifts", "patch_windows"]
+__all__ = ["estimate_shifts", "patch_windows", "row_stripe_ratio", "STRIPE_RATIO"]
 
 _MIN_PATCH = 16  # px: smaller patches hold too little texture to register
 _REFINE_RADIUS = 3.0  # px: refinement searches this far from the first-pass shift
@@ -80,6 +80,7 @@ class _Config:
     max_deviation: float
     factor: int  # spatial downsampling factor (1 = off)
     flatten: float  # px sigma of the local mean each frame is divided by (0 = off)
+    destripe: bool  # subtract each row's mean (row-wise read-out offsets)
     taper: float
     lowpass: float
     highpass: float
@@ -150,10 +151,53 @@ def _flatten(frames: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+STRIPE_RATIO = 5.0  # `row_stripe_ratio` above which rows carry their own offsets
+
+
+def row_stripe_ratio(frames: np.ndarray) -> float:
+    """How much more the row means change between consecutive frames than noise explains.
+
+    frames: (T >= 2, H, W) consecutive frames. For each frame-to-frame difference, the
+    spread of its row means is divided by what independent pixel noise would give (the
+    difference's std / sqrt(W)); the median over the differences is returned. About 1-3
+    on ordinary recordings (motion adds a little); wireless sensors that add an offset to
+    each row read out give about 13 (the mio test recordings), and those offsets then
+    dominate the correlation.
+    """
+    x = np.asarray(frames, dtype=np.float32)
+    if x.ndim != 3 or len(x) < 2:
+        raise ValueError(f"row_stripe_ratio: need (T >= 2, H, W) frames, got shape {x.shape}")
+    d = np.diff(x, axis=0)
+    noise = d.std(axis=(1, 2)) / np.sqrt(x.shape[2])
+    spread = d.mean(axis=2).std(axis=1)
+    ok = noise > 0
+    return float(np.median(spread[ok] / noise[ok])) if ok.any() else 0.0
+
+
 def _prepare(block: np.ndarray, cfg: "_Config") -> np.ndarray:
-    """A movie block as registered: binned, then flattened if asked."""
+    """A movie block as registered: binned, flattened and destriped if asked."""
     frames = _bin(block, cfg.factor)
-    return _flatten(frames, cfg.flatten) if cfg.flatten > 0 else frames
+    if cfg.destripe:
+        frames = _destripe(frames)
+    if cfg.flatten > 0:
+        frames = _flatten(frames, cfg.flatten)
+    return frames
+
+
+_STRIPE_TREND = 10.0  # px: row means keep their trend smoother than this (the shading)
+
+
+def _destripe(frames: np.ndarray) -> np.ndarray:
+    """Frames minus each row's offset: its mean's departure from the smooth trend over rows.
+
+    A per-frame offset on every row is not tissue. Removing it before `_flatten` keeps the
+    offsets additive (dividing first would make them multiplicative), and keeping the
+    trend keeps the frame's brightness and shading for `_flatten` to divide out.
+    """
+    x = np.asarray(frames, dtype=np.float32)
+    rows = x.mean(axis=2, keepdims=True)
+    trend = ndi.gaussian_filter1d(rows, _STRIPE_TREND, axis=1, mode="reflect")
+    return x - (rows - trend)
 
 
 def _mean_registered(frames: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -489,6 +533,7 @@ def estimate_shifts(
     mesh: tuple[int, int] | None = None,
     spatial_downsample: int = 1,
     flatten: float = 0.0,
+    destripe: bool = False,
     refine: bool = False,
     overlap: float = 0.5,
     max_deviation: float | None = None,
@@ -508,6 +553,7 @@ def estimate_shifts(
     upsample: sub-pixel precision 1/upsample px. spatial_downsample: estimate on a movie
     binned by this factor (faster; shifts scaled back). flatten: px sigma of the local
     mean each frame is divided by before registering (0 = off; see `_flatten`).
+    destripe: subtract each row's mean from every frame (see `row_stripe_ratio`).
     refine: second pass against the global template. overlap: patch overlap (fraction of
     the patch spacing) in mesh mode. max_deviation: px limit of patch shifts around the rigid shift (default max_shift / 4,
     at least 1 px). taper / lowpass / highpass / whiten: see `phasecorr.estimate_batch`.
@@ -534,6 +580,7 @@ def estimate_shifts(
         max_deviation=dev / factor,
         factor=factor,
         flatten=float(flatten) / factor,
+        destripe=bool(destripe),
         taper=float(taper),
         lowpass=float(lowpass) / factor,
         highpass=float(highpass) / factor,

@@ -11,7 +11,7 @@ import xarray as xr
 from ..figures import Figure, HistPanel, LinePanel
 from ..framewise import kept_frames, sample_indices
 from ..motion.apply import apply_shifts_dask
-from ..motion.estimate import estimate_shifts
+from ..motion.estimate import STRIPE_RATIO, estimate_shifts, row_stripe_ratio
 from ..motion.outliers import flag_erroneous
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
@@ -49,6 +49,11 @@ class MotionParams(StepParams):
     highpass: float = P(10.0, "Gaussian high-pass applied inside the estimator (sigma); removes "
                         "the smooth background that does not move with the brain. 0 turns it "
                         "off.", ge=0, le=200, advanced=True, unit="px")
+    destripe: Literal["auto", "on", "off"] = P(
+        "auto", "Wireless sensors can add an offset to every row they read out, different in "
+        "each frame; those stripes then drive the shifts. 'on' subtracts each row's mean "
+        "before estimating, 'auto' does so when the first frames show such offsets (their row "
+        "means change about 5 times more than noise explains), 'off' never.", advanced=True)
     whiten: float = P(0.25, "Spectral whitening of the correlation: 1 is pure phase "
                       "correlation (every spatial frequency counts the same, noise included), "
                       "0 plain cross-correlation (bright cells dominate).", ge=0, le=1,
@@ -62,8 +67,10 @@ def estimate(p: MotionParams, ctx, movie_filtered: xr.DataArray, movie_raw: xr.D
     # The raw frames keep 2a's removals out exactly as 2b does, so both sources have the
     # same frames in the same order.
     movie = kept_frames(movie_raw, frame_index) if p.source == "raw" else movie_filtered
+    ratio = _stripe_ratio(movie) if p.destripe == "auto" else None
+    destripe = p.destripe == "on" or (ratio is not None and ratio > STRIPE_RATIO)
     shifts = estimate_shifts(
-        movie.data, max_shift=p.max_shift, group_size=p.group_size,
+        movie.data, max_shift=p.max_shift, destripe=destripe, group_size=p.group_size,
         upsample=p.upsample, mesh=tuple(p.mesh) if p.mesh else None,
         spatial_downsample=p.spatial_downsample, refine=p.refine,
         flatten=p.flatten, lowpass=p.lowpass, highpass=p.highpass, whiten=p.whiten,
@@ -76,7 +83,15 @@ def estimate(p: MotionParams, ctx, movie_filtered: xr.DataArray, movie_raw: xr.D
         arr = xr.DataArray(shifts.astype(np.float32),
                            dims=("frame", "mesh_y", "mesh_x", "axis"),
                            coords=coords, name="shifts", attrs={"axis": "dy, dx"})
+    arr.attrs.update(destripe=bool(destripe),
+                     row_stripe_ratio=None if ratio is None else round(ratio, 2))
     return {"shifts": arr}
+
+
+def _stripe_ratio(movie: xr.DataArray) -> float | None:
+    """`row_stripe_ratio` of the first 64 frames (a quick read; None when fewer than 2)."""
+    n = min(64, movie.sizes["frame"])
+    return row_stripe_ratio(np.asarray(movie.data[:n])) if n >= 2 else None
 
 
 def rigid_part(shifts: xr.DataArray) -> np.ndarray:
@@ -88,7 +103,10 @@ def rigid_part(shifts: xr.DataArray) -> np.ndarray:
 def _preview_shifts(outputs, inputs, params) -> Figure:
     s = outputs["shifts"]
     r = rigid_part(s)
-    return Figure("2c Motion estimation", [
+    title = "2c Motion estimation"
+    if s.attrs.get("destripe"):
+        title += " (row offsets removed before estimating)"
+    return Figure(title, [
         LinePanel("shift over time", s.frame.values, {"dy": r[:, 0], "dx": r[:, 1]},
                   xlabel="original frame", ylabel="px"),
         HistPanel("shift distribution", {"dy": r[:, 0], "dx": r[:, 1]}, xlabel="px"),
