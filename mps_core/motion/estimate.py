@@ -80,7 +80,7 @@ class _Config:
     max_deviation: float
     factor: int  # spatial downsampling factor (1 = off)
     flatten: float  # px sigma of the local mean each frame is divided by (0 = off)
-    destripe: bool  # subtract each row's mean (row-wise read-out offsets)
+    destripe: bool  # remove each row's offset (row-wise read-out offsets, see _destripe)
     taper: float
     lowpass: float
     highpass: float
@@ -175,7 +175,7 @@ def row_stripe_ratio(frames: np.ndarray) -> float:
 
 
 def _prepare(block: np.ndarray, cfg: "_Config") -> np.ndarray:
-    """A movie block as registered: binned, flattened and destriped if asked."""
+    """A movie block as registered: binned, then destriped and flattened if asked."""
     frames = _bin(block, cfg.factor)
     if cfg.destripe:
         frames = _destripe(frames)
@@ -553,12 +553,13 @@ def estimate_shifts(
     upsample: sub-pixel precision 1/upsample px. spatial_downsample: estimate on a movie
     binned by this factor (faster; shifts scaled back). flatten: px sigma of the local
     mean each frame is divided by before registering (0 = off; see `_flatten`).
-    destripe: subtract each row's mean from every frame (see `row_stripe_ratio`).
-    refine: second pass against the global template. overlap: patch overlap (fraction of
-    the patch spacing) in mesh mode. max_deviation: px limit of patch shifts around the rigid shift (default max_shift / 4,
-    at least 1 px). taper / lowpass / highpass / whiten: see `phasecorr.estimate_batch`.
-    iterations: sub-pixel passes per group after the integer pass (1 is enough with the
-    leave-one-out templates; more did not help on the bench recordings).
+    destripe: remove each row's offset from every frame (`_destripe`; whether a movie
+    needs it: `row_stripe_ratio`). refine: second pass against the global template.
+    overlap: patch overlap (fraction of the patch spacing) in mesh mode. max_deviation: px
+    limit of patch shifts around the rigid shift (default max_shift / 4, at least 1 px).
+    taper / lowpass / highpass / whiten: see `phasecorr.estimate_batch`. iterations:
+    sub-pixel passes per group after the integer pass (1 is enough with the leave-one-out
+    templates; more did not help on the bench recordings).
     compute: callable computing a dask collection (default `dask.compute`).
     progress: optional callable(fraction, message).
     """

@@ -38,8 +38,8 @@ class MotionParams(StepParams):
     source: Literal["raw", "filtered"] = P(
         "raw", "Frames the shifts are estimated on: 'raw' (2a's frames, flattened and "
         "band-passed inside the estimator) or 'filtered' (2b's output). On the simulated "
-        "benchmark recordings 'raw' follows the true motion about twice as closely (dense CA1: "
-        "0.25 instead of 0.38 px; cortex 0.36 instead of 0.58 px).", advanced=True)
+        "benchmark recordings 'raw' follows the true motion more closely (motion error with the "
+        "other defaults: dense CA1 0.25 instead of 0.36 px, cortex 0.36 instead of 0.58 px).", advanced=True)
     flatten: float = P(10.0, "Each frame is divided by its local mean (Gaussian of this sigma) "
                        "before estimating, so illumination fall-off and vignetting, which do "
                        "not move with the brain, do not pull the shifts towards zero. 0 turns "
@@ -51,7 +51,7 @@ class MotionParams(StepParams):
                         "off.", ge=0, le=200, advanced=True, unit="px")
     destripe: Literal["auto", "on", "off"] = P(
         "auto", "Wireless sensors can add an offset to every row they read out, different in "
-        "each frame; those stripes then drive the shifts. 'on' subtracts each row's mean "
+        "each frame; those stripes then drive the shifts. 'on' removes each row's offset "
         "before estimating, 'auto' does so when the first frames show such offsets (their row "
         "means change about 5 times more than noise explains), 'off' never.", advanced=True)
     whiten: float = P(0.25, "Spectral whitening of the correlation: 1 is pure phase "
