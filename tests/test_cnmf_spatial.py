@@ -118,6 +118,27 @@ def test_yra_matches_dense_reference(rec):
     assert min(np.corrcoef(exact[i], C[i])[0, 1] for i in range(len(C))) > 0.95
 
 
+def test_yra_through_sharp_footprints_of_a_smooth_model():
+    # The movie is made of smooth, overlapping footprints M; the traces are read through
+    # sharper weights A (M cut at half its peak). With M as the model, the neighbours' light
+    # is removed exactly and YrA is the true C; with A as its own model, it leaks in.
+    yy, xx = np.mgrid[:40, :40]
+    centres = [(15, 15), (15, 23), (24, 19)]
+    M = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0**2)) for cy, cx in centres])
+    A = np.where(M > 0.5, M, 0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    C = rng.gamma(1.0, 5.0, (3, 120)).astype(np.float32)
+    b, f = np.full((40, 40), 2.0, np.float32), (1 + 0.1 * rng.standard_normal(120)).astype(np.float32)
+    Y = (np.einsum("nhw,nt->thw", M, C) + b[None] * f[:, None, None]).astype(np.float32)
+    movie = da.from_array(Y, chunks=(40, -1, -1))
+    exact = compute_yra(movie, A, C, b=b, f=f, A_model=M)
+    np.testing.assert_allclose(exact, C, atol=1e-3 * C.max())
+    leaky = compute_yra(movie, A, C, b=b, f=f)
+    assert np.abs(leaky - C).max() > 0.05 * C.max()
+    with pytest.raises(ValueError, match="same 3 units"):
+        compute_yra(movie, A, C, A_model=M[:2])
+
+
 def test_yra_rejects_empty_footprint_and_half_background(rec):
     A, C, b, f = _truth(rec)
     A = A.copy()

@@ -139,8 +139,9 @@ def test_key_defaults_from_the_specification():
     assert STEP_6E.params().min_spatial_sum == 1e-6
     assert (STEP_7A.params().threshold, STEP_7B.params().max_cluster_size) == (0.1, 10)
     assert STEP_7C.params().intensity_threshold == 0.05
-    # 8a/8b share their names with 6a/6d; 8b adds the background option
-    assert set(STEP_8A.params.model_fields) == set(STEP_6A.params.model_fields)
+    # 8a/8b share their names with 6a/6d; 8a adds the model footprints, 8b the background
+    assert set(STEP_8A.params.model_fields) == set(STEP_6A.params.model_fields) | \
+        {"model_footprints"}
     assert set(STEP_8B.params.model_fields) == \
         set(STEP_6D.params.model_fields) - {"use_suggestions"} | {"include_background"}
 

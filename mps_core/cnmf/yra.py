@@ -68,14 +68,17 @@ def footprints_csr(A: np.ndarray | sp.spmatrix, shape: tuple[int, int],
 
 def compute_yra(Y: Any, A: np.ndarray | sp.spmatrix, C: np.ndarray, *,
                 b: np.ndarray | None = None, f: np.ndarray | None = None,
-                compute: Compute | None = None, chunk_frames: int | None = None) -> np.ndarray:
+                compute: Compute | None = None, chunk_frames: int | None = None,
+                A_model: np.ndarray | sp.spmatrix | None = None) -> np.ndarray:
     """(n, T) float32 YrA of every unit (see the module docstring), one pass over ``Y``.
 
     ``Y`` (T, H, W) movie (dask, streamed by frame chunks; ``chunk_frames`` rechunks it);
     ``A`` (n, H, W) footprints (or a scipy sparse (n, H*W) matrix), none empty; ``C`` (n, T)
     traces; ``b`` (H, W) and ``f`` (T,) the optional rank-1 background, both or neither.
     ``compute(*dask_objs) -> tuple`` runs the pass (default ``dask.compute``), e.g. with
-    progress and cancel.
+    progress and cancel. ``A_model`` (same units and layout as ``A``), optional: the footprints
+    that describe the movie, when they differ from the weights ``A`` it is read through; the
+    model's overlaps then give the neighbours' light to remove (see `_combine`).
     """
     compute = compute or dask.compute
     Yd = frame_chunked(Y, chunk_frames, "compute_yra")
@@ -84,13 +87,17 @@ def compute_yra(Y: Any, A: np.ndarray | sp.spmatrix, C: np.ndarray, *,
     n = Acsr.shape[0]
     C = _check_traces(C, n, T)
     bf = _check_background(b, f, (H, W), T)
-    energy = np.asarray(Acsr.multiply(Acsr).sum(axis=1), np.float64).ravel()
+    model = Acsr if A_model is None else footprints_csr(A_model, (H, W), "compute_yra")
+    if model.shape != Acsr.shape:
+        raise ValueError(f"compute_yra: A_model must hold the same {n} units as A, got "
+                         f"{model.shape[0]}")
+    energy = np.asarray(Acsr.multiply(model).sum(axis=1), np.float64).ravel()
     empty = np.flatnonzero(energy <= 0)
     if empty.size:
         raise ValueError(f"compute_yra: units {empty[:10].tolist()} have empty (all-zero) footprints; "
                          f"drop them first (step 5b / 6e)")
     AY = _project_movie(Yd, Acsr, compute)
-    return _combine(AY, Acsr, C, bf, energy)
+    return _combine(AY, Acsr, C, bf, energy, model)
 
 
 def _check_traces(C: np.ndarray, n: int, T: int) -> np.ndarray:
@@ -155,9 +162,15 @@ def _chunk_projection(block: np.ndarray, crops) -> np.ndarray:
 
 
 def _combine(AY: np.ndarray, Acsr: sp.csr_matrix, C: np.ndarray,
-             bf: tuple[np.ndarray, np.ndarray] | None, energy: np.ndarray) -> np.ndarray:
-    """(A^T Y - (A^T b) f - (A^T A) C) / ||a||^2 + C, in float32, in place on AY."""
-    gram = (Acsr @ Acsr.T).tocsr().astype(np.float32)  # sparse: only overlapping pairs
+             bf: tuple[np.ndarray, np.ndarray] | None, energy: np.ndarray,
+             model: sp.csr_matrix | None = None) -> np.ndarray:
+    """(A^T Y - (A^T b) f - (A^T M) C) / diag(A^T M) + C, in float32, in place on AY.
+
+    M, the model's footprints, is A itself unless given: with Y = M C + b f the result is C
+    exactly, whichever weights A the movie is read through.
+    """
+    model = Acsr if model is None else model
+    gram = (Acsr @ model.T).tocsr().astype(np.float32)  # sparse: only overlapping pairs
     AY -= gram @ C
     if bf is not None:
         b, f = bf

@@ -219,7 +219,8 @@ def footprints_sparse(A: xr.DataArray, ctx) -> sp.csr_matrix:
 
 
 def yra_traces(p: YrAParams, ctx, A: xr.DataArray, C: xr.DataArray, b: xr.DataArray,
-               f: xr.DataArray, movie: xr.DataArray, name: str = "YrA") -> xr.DataArray:
+               f: xr.DataArray, movie: xr.DataArray, name: str = "YrA",
+               A_model: xr.DataArray | None = None) -> xr.DataArray:
     """YrA of every unit of (A, C) against `movie` (steps 6a and 8a)."""
     _same_units(A, C, "the footprints and the traces")
     T, H, W = movie.sizes["frame"], movie.sizes["height"], movie.sizes["width"]
@@ -246,9 +247,10 @@ def yra_traces(p: YrAParams, ctx, A: xr.DataArray, C: xr.DataArray, b: xr.DataAr
     (Cv,) = ctx.compute(lazy(C), message="reading traces")
     chunk = p.chunk_frames or _auto_chunk(Y, ctx.chunk_frames(H * W * 4))
     try:
+        model = None if A_model is None else footprints_sparse(A_model, ctx)
         yra = compute_yra(Y, Acsr, np.asarray(Cv, np.float32), chunk_frames=chunk,
                           compute=lambda *c: ctx.compute(*c, message="projecting the movie"),
-                          **bf)
+                          A_model=model, **bf)
     except ValueError as e:  # empty footprints, NaN in A or C, ...
         raise StepError(str(e)) from None
     bad = np.flatnonzero(~np.isfinite(yra).all(axis=1))
