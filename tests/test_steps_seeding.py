@@ -28,6 +28,12 @@ from mps_core.store import SessionStore
 from mps_core.synth import simulate, write_miniscope
 
 D = 10.0  # planted cell diameter, px
+# 2c's settings before session 11 (estimated on 2b's movie), pinned: the seeding below reacts
+# to sub-pixel changes of the registered movie (stray seeds, the streak), so motion tuning
+# would otherwise move these tests' numbers. (Estimated on this scene's raw frames, the old
+# band and whitening give 0.14 px of error and the current defaults 0.20 px; on three other
+# scenes of mps_core.synth the current defaults are as good or better.)
+MOTION = {"source": "filtered", "flatten": 0.0, "lowpass": 1.0, "highpass": 15.0, "whiten": 0.5}
 MINE = ("3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "4f", "4g", "4h")
 CROP = {"shape": "square", "size_fraction": 0.9, "offset_y": -1, "offset_x": 2}
 
@@ -76,7 +82,8 @@ def run(tmp_path_factory):
     write_miniscope(rec, tmp / "rec", layout="v4", frames_per_file=150)
     out = tmp / "session"
     ps = ParamSet(STEPS).with_values("1", {"input_dir": str(tmp / "rec"), "output_dir": str(out),
-                                           "n_workers": 2}).with_values("3a", CROP)
+                                           "n_workers": 2}).with_values("3a", CROP) \
+        .with_values("2c", MOTION)
     store = SessionStore(out)
     Runner(STEPS, ps, store).run(stop="2f")
     timings = {}
