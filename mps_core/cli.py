@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write one step's footprints and traces as NumPy files")
     e.add_argument("session", type=Path, help="a session output folder")
-    e.add_argument("--step", required=True, metavar="ID", help="the step to export, e.g. 4h")
+    e.add_argument("--step", required=True, metavar="ID",
+                   help="the step to export, e.g. 4h (a step that keeps a smoothed copy of its "
+                        "footprints, as 4h and 7f do, exports that copy)")
     e.add_argument("--format", choices=["numpy"], default="numpy")
     e.add_argument("dest", type=Path, help="folder for A.npy, C.npy, S.npy, motion.npy, frames.npy")
     e.set_defaults(func=cmd_export)

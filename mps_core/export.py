@@ -449,15 +449,21 @@ def export_step(store, step_id: str, dest: Path) -> list[Path]:
     """Write one step's footprints and traces in the benchmark's NumPy layout.
 
     Any step with a footprint output (unit_id, height, width) can be graded this way, e.g.
-    the initialisation after 4h. A is placed back in the input video's pixel grid with the
-    crop of step 3a; motion and frames come from steps 2c and the traces' frame coordinate.
+    the initialisation after 4h. Where the step keeps a smoothed copy of its footprints (4h,
+    7f), that copy is written, as 8c writes by default. A is placed back in the input video's
+    pixel grid with the crop of step 3a; motion and frames come from steps 2c and the traces'
+    frame coordinate.
     """
     m = store.manifest(step_id)
     if m is None:
         raise ValueError(f"step {step_id} has no result in {store.root}; run it first")
     arrays = {n: store.load(step_id, n) for n, f in m["outputs"].items() if f.endswith(".zarr")}
-    A = next((a for a in arrays.values()
-              if isinstance(a, xr.DataArray) and a.dims == ("unit_id", "height", "width")), None)
+    footprints = {n: a for n, a in arrays.items()
+                  if isinstance(a, xr.DataArray) and a.dims == ("unit_id", "height", "width")}
+    # a step that keeps a smoothed copy (4h, 7f) exports it, as 8c does by default: the raw
+    # footprints stop where their region or support ends, the cells' light does not
+    smoothed = [a for n, a in footprints.items() if n.endswith("_smoothed") and a.sizes["unit_id"]]
+    A = smoothed[0] if smoothed else next(iter(footprints.values()), None)
     if A is None:
         raise ValueError(f"step {step_id} has no footprints (unit_id, height, width) to export; "
                          f"steps from 4e on do")

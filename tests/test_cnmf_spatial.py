@@ -5,14 +5,17 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import xarray as xr
 from scipy import ndimage as ndi
 
 from mps_core.cnmf.clusters import centroids, cluster_boxes, cluster_units, dilate
 from mps_core.cnmf.noise import pixel_noise
-from mps_core.cnmf.spatial import (BoxFootprints, covariance_maps, merge_boxes, nonneg_lasso_cd,
-                                   plan_boxes, select_smoothing, smoothing_scores,
-                                   sufficient_statistics, unit_windows, update_footprints)
+from mps_core.cnmf.spatial import (BoxFootprints, covariance_maps, measure_smoothness,
+                                   merge_boxes, nonneg_lasso_cd, plan_boxes, select_smoothing,
+                                   smoothing_scores, sufficient_statistics, unit_smoothing,
+                                   unit_windows, update_footprints)
+from mps_core.cnmf.sparse_footprints import smooth_csr
 from mps_core.cnmf.yra import compute_yra
 from mps_core.synth import _ar_calcium, _make_footprints, _make_spikes, simulate
 
@@ -467,6 +470,42 @@ def test_smoothness_ignores_noise_units():
     C2 = np.concatenate([C, rng.random((8, C.shape[1])).astype(np.float32) * 20])
     sigma, _, used = _measure(Y, A2, C2, pad=6)
     assert sigma <= 0.5 and used <= 10
+
+
+def test_each_unit_is_smoothed_to_its_own_scale_up_to_the_common_one():
+    # the cut-outs of the first test, each smoothed by its own measured scale (as step 4h's
+    # copy of the seeds): every scale within the common one, every footprint's tails restored
+    Y, A, C = _blob_scene(lambda r: np.exp(-0.5 * (r / 5.0) ** 2))
+    est = np.where(A > 0.3, A, 0).astype(np.float32)
+    windows = unit_windows(est, 10)
+    YC, _ = sufficient_statistics(da.from_array(Y, chunks=(300, -1, -1)), C, plans=windows)
+    rep = measure_smoothness(est, windows, YC.products, YC.pixel_mean, C, YC.n_frames, d=20.0,
+                             per_unit=True)
+    s = np.asarray(rep["unit_sigma_px"])
+    assert s.shape == (9,) and np.all(s <= rep["sigma_px"]) and np.all(s >= 2.0), rep
+    H, W = A.shape[1:]
+    sm = smooth_csr(sp.csr_matrix(est.reshape(9, -1)), (H, W), s).toarray().reshape(est.shape)
+    after = [_energy_iou(e, a) for e, a in zip(sm, A)]
+    assert min(after) > 0.6, after
+
+
+def test_unit_smoothing_takes_each_units_best_capped():
+    scores = np.array([[0.9, 0.95, 0.8], [0.9, 0.8, 0.7], [np.nan, 0.5, 0.6], [0.5, 0.6, 0.9]])
+    np.testing.assert_array_equal(unit_smoothing(scores, [0.0, 1.0, 2.0], cap=1.0),
+                                  [1.0, 0.0, 1.0, 1.0])
+
+
+def test_smooth_csr_with_one_sigma_per_unit():
+    rng = np.random.default_rng(2)
+    A = np.zeros((3, 30, 40), np.float32)
+    A[:, 10:18, 12:20] = rng.random((3, 8, 8))
+    csr = sp.csr_matrix(A.reshape(3, -1))
+    out = smooth_csr(csr, (30, 40), np.array([0.0, 1.5, 3.0])).toarray()
+    np.testing.assert_array_equal(out[0], csr[0].toarray()[0])
+    for u, s in ((1, 1.5), (2, 3.0)):
+        np.testing.assert_array_equal(out[u], smooth_csr(csr[u], (30, 40), s).toarray()[0])
+    with pytest.raises(ValueError, match="per-unit sigmas"):
+        smooth_csr(csr, (30, 40), np.array([1.0, -1.0, 1.0]))
 
 
 def test_select_smoothing_needs_zero_first_and_handles_no_scores():

@@ -134,6 +134,11 @@ def test_whole_pipeline_then_rerun_of_2b_marks_2c_to_8c_stale(tmp_path):
     assert A.shape[1:] == (112, 120) and A.shape[0] == C.shape[0] > 0
     assert np.load(tmp_path / "x4h" / "frames.npy").shape == (C.shape[1],)
     assert np.load(tmp_path / "x4h" / "motion.npy").shape == (C.shape[1], 2)
+    # 4h keeps a smoothed copy of its footprints: that copy is the one exported
+    sm, crop = store.load("4h", "A_seed_smoothed"), store.load("3a", "crop")
+    y0, x0 = int(crop["y0"]), int(crop["x0"])
+    np.testing.assert_array_equal(A[:, y0:y0 + sm.sizes["height"], x0:x0 + sm.sizes["width"]],
+                                  sm.values)
     Runner(STEPS, ps.with_values("2b", {"median_ksize": 3}), store).run(start="2b", stop="2b")
     st = store.statuses([s.id for s in STEPS])
     assert st["2a"] == "done" and st["2b"] == "done"

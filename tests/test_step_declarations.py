@@ -110,7 +110,8 @@ def test_declared_store_names():
     assert STEP_3A.outputs == ("crop", "cell_size", "mean_frame", "max_projection",
                               "static_background", "movie_cropped")
     assert STEP_4B.optional_inputs == ("watershed_suggestion",)
-    assert STEP_4H.outputs == ("A_seed", "C_seed", "quarantine", "component_scores")
+    assert STEP_4H.outputs == ("A_seed", "C_seed", "A_seed_smoothed", "quarantine",
+                               "component_scores")
     assert STEP_6D.optional_inputs == ("temporal_suggestions",)
     assert STEP_7E.optional_inputs == ("spatial_suggestions",)
     assert STEP_7F.outputs == ("A_refined", "A_refined_smoothed", "C_refined")

@@ -21,9 +21,9 @@ from mps_core.registry import SimpleContext
 from mps_core.runner import Runner
 from mps_core.steps import STEPS
 from mps_core.steps.initialisation import STEP_3A, STEP_3C, CropParams, InitAnalysisParams
-from mps_core.steps.seeding import (STEP_4C, STEP_4E, ACInitParams, SpatialMergeParams,
-                                    WatershedParams, dataset_to_regions, regions_to_dataset,
-                                    resolve_watershed)
+from mps_core.steps.seeding import (STEP_4C, STEP_4E, STEP_4H, ACInitParams,
+                                    QuarantineParams, SpatialMergeParams, WatershedParams,
+                                    dataset_to_regions, regions_to_dataset, resolve_watershed)
 from mps_core.store import SessionStore
 from mps_core.synth import simulate, write_miniscope
 
@@ -247,6 +247,46 @@ def test_seeds_match_planted_cells_after_quarantine(run):
     assert matched.mean() >= 0.95, matched
     # unit ids of 4e survive: every seed id is an id of A_init
     assert set(A.unit_id.values) <= set(store.load("4e", "A_init").unit_id.values)
+
+
+def test_smoothed_copy_of_the_seeds_keeps_the_cells_extent(run):
+    """4h measures how far each kept unit's light spreads (7e's smoothness measurement, per
+    unit, at most the common scale) and stores a smoothed copy of A_seed. This scene's
+    seeds already have the cells' extent while its many stray seeds' maps are broad: the
+    cells' own scales stay under the common one and their copies keep the cells' extent."""
+    store = run["store"]
+    A, S = store.load("4h", "A_seed"), store.load("4h", "A_seed_smoothed")
+    sm = store.load("4h", "quarantine")["smoothness"]
+    np.testing.assert_array_equal(A.unit_id.values, S.unit_id.values)
+    assert sm["sigma_px"] > 0 and sm["units_used"] >= 5
+    assert S.attrs["kept"] == 1 and json.loads(S.attrs["smoothness"]) == sm
+    unit_sigma = S.smoothing_sigma_px.values
+    assert np.all(unit_sigma <= sm["sigma_px"])
+    cells = [c for c in run["footprints"]]
+    best = [int(np.argmax([_iou(_energy_mask(c), _energy_mask(a)) for a in A.values]))
+            for c in cells]
+    assert np.median(unit_sigma[best]) < sm["sigma_px"]
+    iou = [_iou(_energy_mask(c), _energy_mask(S.values[u])) for c, u in zip(cells, best)]
+    assert np.median(iou) >= 0.8, iou
+
+
+def test_no_smoothed_copy_when_turned_off(run, tmp_path):
+    store = run["store"]
+    ctx = SimpleContext(output_dir=tmp_path)
+    ins = {n: store.load(sid, n) for sid, n in
+           (("4g", "A_merged"), ("4g", "C_merged"), ("3a", "crop"), ("3a", "mean_frame"),
+            ("3a", "static_background"), ("3a", "movie_cropped"), ("3a", "cell_size"))}
+    out = STEP_4H(QuarantineParams(smoothed_copy=False), ctx, **ins)
+    assert out["A_seed_smoothed"].sizes["unit_id"] == 0
+    assert out["quarantine"]["smoothness"] is None
+    np.testing.assert_array_equal(out["A_seed"].values, store.load("4h", "A_seed").values)
+
+
+def _energy_mask(a: np.ndarray, energy: float = 0.9) -> np.ndarray:
+    """The brightest pixels holding ``energy`` of the footprint's total (the scorer's mask)."""
+    v = np.sort(a.ravel())[::-1]
+    k = int(np.searchsorted(np.cumsum(v), energy * v.sum())) + 1
+    return a >= v[min(k, v.size) - 1]
 
 
 def test_quarantine_catches_the_streak_and_keeps_the_cells(run):

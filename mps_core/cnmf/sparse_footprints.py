@@ -180,25 +180,37 @@ def lazy_dense(csr: sp.csr_matrix, shape: Shape, chunk: int = CHUNK_UNITS) -> da
     return da.concatenate(blocks, axis=0)
 
 
-def smooth_csr(csr: sp.csr_matrix, shape: Shape, sigma: float) -> sp.csr_matrix:
+def smooth_csr(csr: sp.csr_matrix, shape: Shape, sigma: float | np.ndarray) -> sp.csr_matrix:
     """Gaussian smoothing (``mode='constant'``) of every footprint on its support's bounding
     box padded by 4 sigma, as a CSR (empty rows stay empty). Each unit's crop is smoothed in
-    float32 exactly as a dense crop would be."""
-    if not sigma > 0:
+    float32 exactly as a dense crop would be. ``sigma`` is one width > 0 for all units, or one
+    per unit (>= 0; a unit with 0 is copied unchanged)."""
+    per_unit = np.ndim(sigma) > 0
+    if per_unit:
+        sigma = np.asarray(sigma, np.float64)
+        if sigma.shape != (csr.shape[0],) or not np.all(sigma >= 0):
+            raise ValueError(f"smooth_csr: per-unit sigmas must be {csr.shape[0]} values >= 0")
+    elif not sigma > 0:
         raise ValueError(f"smooth_csr: sigma must be > 0, got {sigma!r}")
     H, W = shape
-    pad = int(np.ceil(4 * sigma))
     rows, cols, vals = [], [], []
     for u in range(csr.shape[0]):
         lo, hi = csr.indptr[u], csr.indptr[u + 1]
         if hi == lo:
             continue
+        s_u = float(sigma[u]) if per_unit else sigma
+        if s_u == 0:
+            rows.append(np.full(hi - lo, u, np.int64))
+            cols.append(csr.indices[lo:hi].astype(np.int64))
+            vals.append(csr.data[lo:hi])
+            continue
+        pad = int(np.ceil(4 * s_u))
         ys, xs = np.divmod(csr.indices[lo:hi], W)
         y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, H)
         x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, W)
         crop = np.zeros((y1 - y0, x1 - x0), np.float32)
         crop[ys - y0, xs - x0] = csr.data[lo:hi]
-        sm = ndi.gaussian_filter(crop, sigma, mode="constant")
+        sm = ndi.gaussian_filter(crop, s_u, mode="constant")
         yy, xx = np.nonzero(sm)
         rows.append(np.full(yy.size, u, np.int64))
         cols.append((yy + y0) * W + (xx + x0))

@@ -70,7 +70,9 @@ from .yra import footprints_csr, frame_chunked
 
 __all__ = ["BoxPlan", "BoxProducts", "BoxFootprints", "MergedFootprints", "plan_boxes",
            "sufficient_statistics", "update_footprints", "merge_boxes", "unit_windows",
-           "covariance_maps", "smoothing_scores", "select_smoothing", "results_csr"]
+           "covariance_maps", "smoothing_scores", "select_smoothing", "measure_smoothness",
+           "unit_smoothing",
+           "results_csr", "SMOOTHING_D", "WINDOW_PAD_D"]
 
 Box = tuple[int, int, int, int]
 Compute = Callable[..., tuple]
@@ -632,6 +634,58 @@ def select_smoothing(scores: np.ndarray, sigmas: list[float]) -> tuple[float, np
     clear = ok & (np.nan_to_num(scores[:, 0], nan=-np.inf) >= np.median(scores[ok, 0]))
     med = np.median(scores[clear], axis=0)
     return float(sigmas[int(np.argmax(med))]), med, int(clear.sum())
+
+
+# candidate smoothing widths, in cell diameters (0: none), and each unit's window margin
+SMOOTHING_D = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.35, 0.4)
+WINDOW_PAD_D = 0.5
+
+
+def measure_smoothness(A: np.ndarray | sp.spmatrix, windows: list[BoxPlan],
+                       products: list[np.ndarray], pixel_mean: np.ndarray, C: np.ndarray,
+                       n_frames: int, d: float, shape: tuple[int, int] | None = None,
+                       per_unit: bool = False) -> dict:
+    """The smoothing scale that makes footprints agree best with the data, as a report.
+
+    Footprints from a per-pixel update or a segmentation are cut where their support or a
+    neighbour ends, while in one-photon data a footprint is as smooth as the optics blur it.
+    Each unit's covariance map (`covariance_maps` of the streamed ``products`` of its
+    ``windows``, from `unit_windows` with a margin of ``WINDOW_PAD_D`` x d) is compared with
+    its footprint smoothed by Gaussians of ``SMOOTHING_D`` x d; the sigma with the highest
+    median correlation over the clearest units (`select_smoothing`) is the data's smoothness
+    scale (0 when smoothing does not help, as for sharp, well-sampled cells). ``per_unit``
+    adds ``unit_sigma_px``, each unit's own scale (`unit_smoothing`)."""
+    sigmas = [round(f * d, 2) for f in SMOOTHING_D]
+    maps = covariance_maps(products, windows, pixel_mean, C, n_frames)
+    scores = smoothing_scores(A, windows, maps, sigmas, shape=shape)
+    sigma, medians, n_used = select_smoothing(scores, sigmas)
+    out = {"sigma_px": sigma, "sigma_diameters": round(sigma / d, 3) if d > 0 else None,
+           "candidates_px": sigmas,
+           "median_correlation": [None if not np.isfinite(v) else round(float(v), 4)
+                                  for v in medians],
+           "units_scored": int(np.isfinite(scores).all(axis=1).sum()),
+           "units_used": n_used,
+           "window_pad_px": int(round(WINDOW_PAD_D * d))}
+    if per_unit:
+        out["unit_sigma_px"] = unit_smoothing(scores, sigmas, sigma).tolist()
+    return out
+
+
+def unit_smoothing(scores: np.ndarray, sigmas: list[float], cap: float) -> np.ndarray:
+    """Each unit's own smoothing scale: the candidate its covariance map prefers, at most
+    ``cap`` (the population's scale from `select_smoothing`); ``cap`` for a unit that could
+    not be scored.
+
+    One scale for all fits a population of cells; a set of seeds also holds fragments and
+    background patches whose maps are broad, and where those are many they pull the common
+    scale past what the cells want. The cap keeps a noisy map from blowing a footprint up."""
+    scores = np.asarray(scores, np.float64)
+    sig = np.asarray(sigmas, np.float64)
+    out = np.full(scores.shape[0], float(cap))
+    ok = np.isfinite(scores).all(axis=1)
+    if ok.any():
+        out[ok] = np.minimum(sig[np.argmax(scores[ok], axis=1)], cap)
+    return out
 
 
 def _smoothed_window(a: np.ndarray, box: Box, sigma: float) -> np.ndarray:

@@ -22,7 +22,12 @@ Artifacts written here:
   the frame coordinates. Unit ids are 0..n-1 from 4e on and are kept (a merge keeps the smallest
   id of its group). ``b_init`` (height, width), ``f_init`` (frame,) from NNDSVD component 0.
 * ``quarantine`` (JSON): ids and reasons of the quarantined units; their footprints and traces
-  stay in A_merged / C_merged (step 4g), from where they can be restored.
+  stay in A_merged / C_merged (step 4g), from where they can be restored. Its ``smoothness``
+  is the kept footprints' smoothing scale measured from the movie (as step 7e measures it).
+* ``A_seed_smoothed``: each unit of A_seed smoothed to its own measured scale, at most the
+  common one (coordinate ``smoothing_sigma_px``; no units when ``smoothed_copy`` is off): a
+  watershed footprint stops where its region ends, a cell's light does not. Later steps use
+  A_seed; ``mps export --step 4h`` exports this copy, the seeds' extent as the data shows it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import xarray as xr
 import zarr
 from pydantic import field_validator, model_validator
 
+from ..cnmf import sparse_footprints as sf
+from ..cnmf.spatial import WINDOW_PAD_D, measure_smoothness, sufficient_statistics, unit_windows
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..init.crop import Crop, subtract_background
 from ..paramtypes import P, StepParams
@@ -249,6 +256,13 @@ class QuarantineParams(StepParams):
     drift_window_frames: int = P(300, "Width of the running median that defines a trace's slow "
                                  "trend; keep it well above a calcium transient's length.",
                                  ge=3, le=1000000, advanced=True, unit="frames")
+    smoothed_copy: bool = P(
+        True, "Also measure, in one read of the movie, how smooth the kept footprints are in the "
+        "data, and store a copy with each unit smoothed to its own scale, at most the common "
+        "one (A_seed_smoothed). Watershed footprints "
+        "stop where their region ends, while a cell's light spreads as far as the optics blur "
+        "it; the copy shows that extent and is what `mps export --step 4h` exports. Later "
+        "steps use A_seed either way; off saves the read.", advanced=True)
 
     @model_validator(mode="after")
     def _size_range(self) -> "QuarantineParams":
@@ -869,7 +883,7 @@ def _mean_of_cropped(crop: dict, mean_frame: xr.DataArray,
 
 def quarantine_units(p: QuarantineParams, ctx, A_merged: xr.DataArray, C_merged: xr.DataArray,
                      crop: dict, mean_frame: xr.DataArray, static_background: xr.DataArray,
-                     cell_size: dict) -> dict:
+                     movie_cropped: xr.DataArray, cell_size: dict) -> dict:
     """Step 4h: score every unit and set likely artifacts apart (reviewable, restorable)."""
     ids = _check_units(A_merged, C_merged, "4h")
     d = sizes.diameter(cell_size)
@@ -905,8 +919,46 @@ def quarantine_units(p: QuarantineParams, ctx, A_merged: xr.DataArray, C_merged:
               "n_quarantined": int(len(q)), "n_kept": int(len(keep)), "enabled": p.enabled,
               "restore_from": {"step": "4g", "A": "A_merged", "C": "C_merged"},
               "limits": limits, "cell_diameter_px": d}
+    kept_A = M[keep]
+    smooth = (_seed_smoothness(ctx, kept_A, C[keep], shape, movie_cropped, d)
+              if p.smoothed_copy else None)
+    report["smoothness"] = smooth
+    if smooth is None:
+        copy, copy_ids = sp.csr_array((0, M.shape[1]), dtype=np.float32), []
+        unit_sigma = np.zeros(0)
+    else:
+        unit_sigma = np.asarray(smooth.pop("unit_sigma_px"), np.float64)
+        copy = sp.csr_array(sf.smooth_csr(sp.csr_matrix(kept_A), shape, unit_sigma))
+        copy_ids = ids[keep]
+        smooth["unit_sigma_px_quartiles"] = np.round(
+            np.percentile(unit_sigma, [25, 50, 75]), 2).tolist()
+    attrs = {"smoothness": json.dumps(smooth), "kept": int(smooth is not None)}
+    copy_da = footprints_da(copy, shape, copy_ids, "A_seed_smoothed", attrs)
     return {"A_seed": _select(A_merged, keep, "A_seed"), "C_seed": _select(C_merged, keep, "C_seed"),
+            "A_seed_smoothed": copy_da.assign_coords(
+                smoothing_sigma_px=("unit_id", unit_sigma.astype(np.float32))),
             "quarantine": report, "component_scores": scores}
+
+
+def _seed_smoothness(ctx, A: sp.csr_array, C: np.ndarray, shape: tuple[int, int],
+                     movie_cropped: xr.DataArray, d: float) -> dict | None:
+    """How smooth the kept footprints are in the data (the measurement of step 7e, on the
+    seeds), with each unit's own scale capped at the common one: one streamed read of the
+    movie in a window around each unit. None: no unit."""
+    if A.shape[0] == 0:
+        return None
+    if (movie_cropped.sizes["height"], movie_cropped.sizes["width"]) != shape:
+        raise StepError("step 4h: movie_cropped and the footprints differ in size; rerun 3a-4g")
+    if movie_cropped.sizes["frame"] != C.shape[1]:
+        raise StepError(f"step 4h: C_merged has {C.shape[1]} frames but movie_cropped "
+                        f"{movie_cropped.sizes['frame']}; rerun 4d-4g")
+    A = sp.csr_matrix(A)
+    windows = unit_windows(A, int(round(WINDOW_PAD_D * d)), shape=shape)
+    YC, _ = sufficient_statistics(
+        movie_cropped, C, plans=windows,
+        compute=lambda *c: ctx.compute(*c, message="4h: measuring the footprints' smoothness"))
+    return measure_smoothness(A, windows, YC.products, YC.pixel_mean, C, YC.n_frames, d,
+                              shape=shape, per_unit=True)
 
 
 def _preview_quarantine(outputs, inputs, params) -> Figure:
@@ -923,6 +975,12 @@ def _preview_quarantine(outputs, inputs, params) -> Figure:
         panels.append(HistPanel(key, {"kept": v[~flags], "quarantined": v[flags]}, bins=30))
     reasons = "\n".join(f"unit {u}: {r}" for u, r in list(zip(q["unit_id"], q["reason"]))[:20])
     panels.append(TextPanel("quarantined (first 20)", reasons or "none"))
+    sm = q.get("smoothness")
+    if sm:
+        simg, sout = unit_map(outputs["A_seed_smoothed"])
+        panels.append(ImagePanel(f"kept units smoothed to their extent in the data (median "
+                                 f"{sm['unit_sigma_px_quartiles'][1]} px, at most "
+                                 f"{sm['sigma_px']} px)", simg, cmap="viridis", outlines=sout))
     return Figure("4h Artifact quarantine", panels)
 
 
@@ -1000,9 +1058,13 @@ STEP_4H = Step(
     id="4h", title="Artifact quarantine", stage=STAGE,
     summary="Scores every component (size, shape, trace skewness, SNR, slow drift) and moves "
             "likely artifacts such as vessel fragments or edge glow to a quarantine list you can "
-            "review and restore. The score table is saved.",
+            "review and restore. The score table is saved. It also measures how far the kept "
+            "units' light spreads in the data and stores a copy of their footprints smoothed to "
+            "that scale.",
     params=QuarantineParams,
-    inputs=("A_merged", "C_merged", "crop", "mean_frame", "static_background", "cell_size"),
-    outputs=("A_seed", "C_seed", "quarantine", "component_scores"), run=quarantine_units,
+    inputs=("A_merged", "C_merged", "crop", "mean_frame", "static_background", "movie_cropped",
+            "cell_size"),
+    outputs=("A_seed", "C_seed", "A_seed_smoothed", "quarantine", "component_scores"),
+    run=quarantine_units,
     previews=(Preview("quarantine", "Scores and quarantine", _preview_quarantine),),
 )

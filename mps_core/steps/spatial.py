@@ -43,9 +43,8 @@ from scipy.special import ndtri
 
 from ..cnmf import clusters as cl
 from ..cnmf import sparse_footprints as sf
-from ..cnmf.spatial import (BoxProducts, covariance_maps, plan_boxes, results_csr,
-                            select_smoothing, smoothing_scores, sufficient_statistics,
-                            unit_windows, update_footprints)
+from ..cnmf.spatial import (WINDOW_PAD_D, BoxProducts, measure_smoothness, plan_boxes,
+                            results_csr, sufficient_statistics, unit_windows, update_footprints)
 from ..cnmf.yra import compute_yra
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
 from ..framewise import sample_indices
@@ -626,9 +625,6 @@ def _wrap(text: str, width: int, indent: str) -> str:
 # ----------------------------------------------------------------------------- 7e
 
 _UPDATE_KEYS = ("penalty_scale", "min_penalty", "max_penalty", "min_std")
-# candidate smoothing widths, in cell diameters (0: none), and the margin of each unit's window
-_SMOOTHING_D = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.35, 0.4)
-_WINDOW_PAD_D = 0.5
 
 
 def update_values(p: SpatialUpdateParams, suggestions: dict | None) -> dict[str, Any]:
@@ -678,7 +674,7 @@ def run_update(p: SpatialUpdateParams, ctx, A_dilated: xr.DataArray, C_filtered:
         raise StepError(f"step 7e: {e}; rerun 7c") from None
     d = diameter(cell_size)
     # one window per unit, streamed in the same pass: its covariance map with the data
-    windows = (unit_windows(A, int(round(_WINDOW_PAD_D * d)), shape=(H, W))
+    windows = (unit_windows(A, int(round(WINDOW_PAD_D * d)), shape=(H, W))
                if p.measure_smoothness else [])
     t0 = time.perf_counter()
     YC, CC = sufficient_statistics(
@@ -729,27 +725,11 @@ def _split_windows(YC: BoxProducts, n_plans: int) -> tuple[BoxProducts, list[np.
 
 def _measure_smoothness(A: sp.csr_matrix, shape: tuple[int, int], windows: list,
                         products: list, YC: BoxProducts, C: np.ndarray, d: float, ctx) -> dict:
-    """The smoothing scale that makes the updated footprints agree best with the data.
-
-    The per-pixel update leaves footprints noisy and cut where their support or a
-    neighbour ends, while in one-photon data a footprint is as smooth as the optics blur it.
-    Each unit's covariance map (the data under it while it is active, tails included) is
-    compared with its footprint smoothed by Gaussians of ``_SMOOTHING_D`` x d; the sigma with
-    the highest median correlation over the clearest half of the units
-    (:func:`~mps_core.cnmf.spatial.select_smoothing`) is the data's smoothness scale (0 when
-    smoothing does not help, as for sharp, well-sampled cells)."""
+    """The smoothing scale of the updated footprints in the data (see
+    :func:`~mps_core.cnmf.spatial.measure_smoothness`)."""
     ctx.progress(1.0, "7e: measuring the footprints' smoothness")
-    sigmas = [round(f * d, 2) for f in _SMOOTHING_D]
-    maps = covariance_maps(products, windows, YC.pixel_mean, C, YC.n_frames)
-    scores = smoothing_scores(A, windows, maps, sigmas, shape=shape)
-    sigma, medians, n_used = select_smoothing(scores, sigmas)
-    return {"sigma_px": sigma, "sigma_diameters": round(sigma / d, 3) if d > 0 else None,
-            "candidates_px": sigmas,
-            "median_correlation": [None if not np.isfinite(v) else round(float(v), 4)
-                                   for v in medians],
-            "units_scored": int(np.isfinite(scores).all(axis=1).sum()),
-            "units_used": n_used,
-            "window_pad_px": int(round(_WINDOW_PAD_D * d))}
+    return measure_smoothness(A, windows, products, YC.pixel_mean, C, YC.n_frames, d,
+                              shape=shape)
 
 
 def _report(arr: xr.DataArray) -> dict:
