@@ -71,8 +71,7 @@ from .yra import footprints_csr, frame_chunked
 __all__ = ["BoxPlan", "BoxProducts", "BoxFootprints", "MergedFootprints", "plan_boxes",
            "sufficient_statistics", "update_footprints", "merge_boxes", "unit_windows",
            "covariance_maps", "smoothing_scores", "select_smoothing", "measure_smoothness",
-           "unit_smoothing",
-           "results_csr", "SMOOTHING_D", "WINDOW_PAD_D"]
+           "unit_smoothing", "results_csr", "SMOOTHING_D", "WINDOW_PAD_D"]
 
 Box = tuple[int, int, int, int]
 Compute = Callable[..., tuple]

@@ -259,10 +259,10 @@ class QuarantineParams(StepParams):
     smoothed_copy: bool = P(
         True, "Also measure, in one read of the movie, how smooth the kept footprints are in the "
         "data, and store a copy with each unit smoothed to its own scale, at most the common "
-        "one (A_seed_smoothed). Watershed footprints "
-        "stop where their region ends, while a cell's light spreads as far as the optics blur "
-        "it; the copy shows that extent and is what `mps export --step 4h` exports. Later "
-        "steps use A_seed either way; off saves the read.", advanced=True)
+        "one (A_seed_smoothed). Watershed footprints stop where their region ends, while a "
+        "cell's light spreads as far as the optics blur it; the copy shows that extent and is "
+        "what `mps export --step 4h` exports. Later steps use A_seed either way; off saves the "
+        "read.", advanced=True)
 
     @model_validator(mode="after")
     def _size_range(self) -> "QuarantineParams":
