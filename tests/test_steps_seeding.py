@@ -270,13 +270,33 @@ def test_smoothed_copy_of_the_seeds_keeps_the_cells_extent(run):
     assert np.median(iou) >= 0.8, iou
 
 
+def test_smoothness_of_a_long_recording_is_measured_on_a_spread_sample(run, tmp_path,
+                                                                          monkeypatch):
+    """Over SMOOTHNESS_FRAMES, 4h reads runs of frames spread over the recording: the
+    measurement then costs the same for any length and finds the same scale."""
+    import mps_core.steps.seeding as seeding
+
+    store = run["store"]
+    full = store.load("4h", "quarantine")["smoothness"]
+    monkeypatch.setattr(seeding, "SMOOTHNESS_FRAMES", 160)
+    out = STEP_4H(QuarantineParams(), SimpleContext(output_dir=tmp_path), **_4h_inputs(store))
+    part = out["quarantine"]["smoothness"]
+    assert full["frames_read"] == store.load("4g", "C_merged").sizes["frame"]
+    assert 100 <= part["frames_read"] <= 160
+    step = full["candidates_px"][1]
+    assert abs(part["sigma_px"] - full["sigma_px"]) <= 2 * step + 1e-9, (part, full)
+
+
+def _4h_inputs(store) -> dict:
+    return {n: store.load(sid, n) for sid, n in
+            (("4g", "A_merged"), ("4g", "C_merged"), ("3a", "crop"), ("3a", "mean_frame"),
+             ("3a", "static_background"), ("3a", "movie_cropped"), ("3a", "cell_size"))}
+
+
 def test_no_smoothed_copy_when_turned_off(run, tmp_path):
     store = run["store"]
     ctx = SimpleContext(output_dir=tmp_path)
-    ins = {n: store.load(sid, n) for sid, n in
-           (("4g", "A_merged"), ("4g", "C_merged"), ("3a", "crop"), ("3a", "mean_frame"),
-            ("3a", "static_background"), ("3a", "movie_cropped"), ("3a", "cell_size"))}
-    out = STEP_4H(QuarantineParams(smoothed_copy=False), ctx, **ins)
+    out = STEP_4H(QuarantineParams(smoothed_copy=False), ctx, **_4h_inputs(store))
     assert out["A_seed_smoothed"].sizes["unit_id"] == 0
     assert out["quarantine"]["smoothness"] is None
     np.testing.assert_array_equal(out["A_seed"].values, store.load("4h", "A_seed").values)

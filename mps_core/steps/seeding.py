@@ -50,6 +50,7 @@ from pydantic import field_validator, model_validator
 from ..cnmf import sparse_footprints as sf
 from ..cnmf.spatial import WINDOW_PAD_D, measure_smoothness, sufficient_statistics, unit_windows
 from ..figures import Figure, HistPanel, ImagePanel, LinePanel, TextPanel
+from ..framewise import sample_indices
 from ..init.crop import Crop, subtract_background
 from ..paramtypes import P, StepParams
 from ..registry import Preview, Step, StepError
@@ -79,6 +80,10 @@ GREEDY_SCALE = 0.6
 SEARCH_SHARE = 0.75  # of the memory limit, for 4e's binned movie and tile searches
 SCRATCH_TILE = 128  # px: spatial chunk of the binned movie on disk (tiles read from it)
 _STACK_UNITS = 8  # traces in a preview trace stack
+# 4h's smoothness measurement reads at most this many frames, spread over the recording in
+# runs of whole chunks: its copy is for viewing and export, and a full read cost 100 s on a
+# 10-minute 608 x 608 recording, while a few thousand frames hold enough activity
+SMOOTHNESS_FRAMES = 4000
 
 
 def _check_list(name: str, values: list[float], lo: float, hi: float,
@@ -257,7 +262,8 @@ class QuarantineParams(StepParams):
                                  "trend; keep it well above a calcium transient's length.",
                                  ge=3, le=1000000, advanced=True, unit="frames")
     smoothed_copy: bool = P(
-        True, "Also measure, in one read of the movie, how smooth the kept footprints are in the "
+        True, f"Also measure, in one read of the movie (at most {SMOOTHNESS_FRAMES:,} frames, "
+        "spread over the recording), how smooth the kept footprints are in the "
         "data, and store a copy with each unit smoothed to its own scale, at most the common "
         "one (A_seed_smoothed). Watershed footprints stop where their region ends, while a "
         "cell's light spreads as far as the optics blur it; the copy shows that extent and is "
@@ -944,7 +950,7 @@ def _seed_smoothness(ctx, A: sp.csr_array, C: np.ndarray, shape: tuple[int, int]
                      movie_cropped: xr.DataArray, d: float) -> dict | None:
     """How smooth the kept footprints are in the data (the measurement of step 7e, on the
     seeds), with each unit's own scale capped at the common one: one streamed read of the
-    movie in a window around each unit. None: no unit."""
+    movie (at most SMOOTHNESS_FRAMES frames) in a window around each unit. None: no unit."""
     if A.shape[0] == 0:
         return None
     if (movie_cropped.sizes["height"], movie_cropped.sizes["width"]) != shape:
@@ -952,13 +958,17 @@ def _seed_smoothness(ctx, A: sp.csr_array, C: np.ndarray, shape: tuple[int, int]
     if movie_cropped.sizes["frame"] != C.shape[1]:
         raise StepError(f"step 4h: C_merged has {C.shape[1]} frames but movie_cropped "
                         f"{movie_cropped.sizes['frame']}; rerun 4d-4g")
+    if C.shape[1] > SMOOTHNESS_FRAMES:
+        idx = sample_indices(movie_cropped.data.chunks[0], SMOOTHNESS_FRAMES, max_chunks=40)
+        movie_cropped, C = movie_cropped.isel(frame=idx), C[:, idx]
     A = sp.csr_matrix(A)
     windows = unit_windows(A, int(round(WINDOW_PAD_D * d)), shape=shape)
     YC, _ = sufficient_statistics(
         movie_cropped, C, plans=windows,
         compute=lambda *c: ctx.compute(*c, message="4h: measuring the footprints' smoothness"))
-    return measure_smoothness(A, windows, YC.products, YC.pixel_mean, C, YC.n_frames, d,
-                              shape=shape, per_unit=True)
+    report = measure_smoothness(A, windows, YC.products, YC.pixel_mean, C, YC.n_frames, d,
+                                shape=shape, per_unit=True)
+    return {**report, "frames_read": int(YC.n_frames)}
 
 
 def _preview_quarantine(outputs, inputs, params) -> Figure:
