@@ -959,7 +959,9 @@ def _seed_smoothness(ctx, A: sp.csr_array, C: np.ndarray, shape: tuple[int, int]
         raise StepError(f"step 4h: C_merged has {C.shape[1]} frames but movie_cropped "
                         f"{movie_cropped.sizes['frame']}; rerun 4d-4g")
     if C.shape[1] > SMOOTHNESS_FRAMES:
-        idx = sample_indices(movie_cropped.data.chunks[0], SMOOTHNESS_FRAMES, max_chunks=40)
+        chunks = movie_cropped.data.chunks[0]  # whole chunks: a chunk is read whole anyway
+        idx = sample_indices(chunks, SMOOTHNESS_FRAMES,
+                             max_chunks=int(np.ceil(SMOOTHNESS_FRAMES / max(chunks))))
         movie_cropped, C = movie_cropped.isel(frame=idx), C[:, idx]
     A = sp.csr_matrix(A)
     windows = unit_windows(A, int(round(WINDOW_PAD_D * d)), shape=shape)
