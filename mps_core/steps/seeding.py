@@ -990,9 +990,9 @@ def _preview_quarantine(outputs, inputs, params) -> Figure:
     sm = q.get("smoothness")
     if sm:
         simg, sout = unit_map(outputs["A_seed_smoothed"])
-        panels.append(ImagePanel(f"kept units smoothed to their extent in the data (median "
-                                 f"{sm['unit_sigma_px_quartiles'][1]} px, at most "
-                                 f"{sm['sigma_px']} px)", simg, cmap="viridis", outlines=sout))
+        # the title stays short: one panel of three columns
+        panels.append(ImagePanel(f"extent in the data (smoothed {sm['unit_sigma_px_quartiles'][1]}"
+                                 f" px)", simg, cmap="viridis", outlines=sout))
     return Figure("4h Artifact quarantine", panels)
 
 
